@@ -1,0 +1,124 @@
+"""The encoder against reference outputs (tests/fixtures/make_fixtures.py), plus its properties."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minbert import BertConfig, BertModel
+from minbert import pooling
+from conftest import FIXTURES, SHARED, need
+
+
+def small_config(**kw):
+    shape = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=64)
+    return BertConfig(**{**shape, **kw})
+
+
+def test_bert_base_parameter_count():
+    assert BertModel(BertConfig()).num_parameters() == 109_482_240
+
+
+def test_config_from_json_ignores_hub_extras(tmp_path):
+    (tmp_path / "config.json").write_text('{"hidden_size": 64, "num_attention_heads": 4, "architectures": ["BertModel"],'
+                                          ' "transformers_version": "4.8.2"}')
+    c = BertConfig.from_json(tmp_path / "config.json")
+    assert (c.hidden_size, c.num_attention_heads, c.num_hidden_layers) == (64, 4, 12)
+    with pytest.raises(ValueError, match="multiple of"):
+        BertConfig(hidden_size=30, num_attention_heads=4)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "math"])
+def test_tiny12_matches_reference(attn):
+    model = BertModel.from_pretrained(FIXTURES / "tiny12", attn_implementation=attn)
+    ref = load_file(str(FIXTURES / "tiny12_reference.safetensors"))
+    assert model.config.num_hidden_layers == 12
+    with torch.no_grad():
+        out = model(ref["input_ids"], ref["attention_mask"], ref["token_type_ids"])
+    keep = ref["attention_mask"].bool()
+    torch.testing.assert_close(out.last_hidden_state[keep], ref["last_hidden_state"][keep], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.pooler_output, ref["pooler_output"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("batch", ["single", "pair"])
+def test_minilm_matches_transformers(minilm_dir, batch):
+    model = BertModel.from_pretrained(minilm_dir)
+    ref = load_file(str(FIXTURES / "minilm_reference.safetensors"))
+    with torch.no_grad():
+        out = model(ref[f"{batch}.input_ids"], ref[f"{batch}.attention_mask"], ref[f"{batch}.token_type_ids"])
+    assert next(model.parameters()).dtype == torch.float32
+    torch.testing.assert_close(out.last_hidden_state, ref[f"{batch}.last_hidden_state"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.pooler_output, ref[f"{batch}.pooler_output"], atol=1e-5, rtol=0)
+
+
+def test_cs224n_sanity_check():
+    """The CS224N starter's check on bert-base-uncased: runs where those weights are."""
+    import os
+    ref_file = need(SHARED / "reference" / "cs224n" / "sanity_check.data", "CS224N sanity_check.data")
+    weights = os.environ.get("MINBERT_BERT_BASE")
+    if not weights:
+        pytest.skip("bert-base-uncased weights are not on this machine; set MINBERT_BERT_BASE to a local folder")
+    model = BertModel.from_pretrained(weights)
+    ids = torch.tensor([[101, 7592, 2088, 102, 0, 0, 0, 0], [101, 7592, 15756, 2897, 2005, 17953, 2361, 102]])
+    ref = torch.load(ref_file, weights_only=True)
+    with torch.no_grad():
+        out = model(ids, (ids != 0).long())
+    torch.testing.assert_close(out.last_hidden_state, ref["last_hidden_state"], atol=1e-5, rtol=1e-3)
+    torch.testing.assert_close(out.pooler_output, ref["pooler_output"], atol=1e-5, rtol=1e-3)
+
+
+def test_math_and_sdpa_attention_agree_with_padding():
+    torch.manual_seed(0)
+    model = BertModel(small_config(num_hidden_layers=4)).eval()
+    ids = torch.randint(1, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    mask[2, 1:] = 0
+    with torch.no_grad():
+        fused = model(ids, mask)
+        model.set_attn_implementation("math")
+        math = model(ids, mask)
+    torch.testing.assert_close(math.last_hidden_state, fused.last_hidden_state, atol=1e-6, rtol=0)
+    torch.testing.assert_close(math.pooler_output, fused.pooler_output, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "math"])
+def test_padding_changes_nothing(attn):
+    torch.manual_seed(0)
+    model = BertModel(small_config(attn_implementation=attn)).eval()
+    ids = torch.randint(1, 100, (2, 7))
+    types = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0] * 7])
+    padded_ids = torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], 1)
+    padded_types = torch.cat([types, torch.zeros(2, 5, dtype=torch.long)], 1)
+    padded_mask = (padded_ids != 0).long()
+    with torch.no_grad():
+        short = model(ids, torch.ones_like(ids), types)
+        long = model(padded_ids, padded_mask, padded_types)
+    torch.testing.assert_close(long.last_hidden_state[:, :7], short.last_hidden_state, atol=1e-6, rtol=0)
+    torch.testing.assert_close(long.pooler_output, short.pooler_output, atol=1e-6, rtol=0)
+    for name in pooling.POOLERS:
+        torch.testing.assert_close(pooling.pool(name, long.last_hidden_state, padded_mask),
+                                   pooling.pool(name, short.last_hidden_state, torch.ones_like(ids)), atol=1e-6, rtol=0)
+
+
+def test_pooling_by_hand():
+    h = torch.tensor([[[1.0, -1.0], [3.0, 5.0], [100.0, 100.0]]])  # the last token is padding
+    mask = torch.tensor([[1, 1, 0]])
+    assert pooling.cls(h, mask).tolist() == [[1.0, -1.0]]
+    assert pooling.mean(h, mask).tolist() == [[2.0, 2.0]]
+    assert pooling.max(h, mask).tolist() == [[3.0, 5.0]]
+    with pytest.raises(ValueError, match="unknown pooling"):
+        pooling.pool("median", h, mask)
+
+
+def test_sequence_longer_than_positions_is_refused():
+    model = BertModel(small_config())
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(torch.ones(1, 65, dtype=torch.long))
+
+
+def test_gradients_reach_every_parameter():
+    model = BertModel(small_config())
+    ids = torch.randint(1, 100, (2, 6))
+    out = model(ids, torch.ones_like(ids), torch.tensor([[0, 0, 0, 1, 1, 1]] * 2))
+    (out.last_hidden_state.sum() + out.pooler_output.sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())

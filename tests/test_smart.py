@@ -1,0 +1,158 @@
+"""SMART (minbert/smart.py) on a toy model: embeddings -> mean over T -> Linear."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from minbert.smart import (DEFAULTS, MomentumTeacher, _normalize, bregman_divergence,
+                           smart_regularizer, symmetric_kl)
+
+OUT_DIM = {"classification": 3, "binary": 1, "regression": 1}
+
+
+class _Toy(nn.Module):
+    """A siamese-capable toy: each (B, T, H) embedding is mean-pooled, the poolings are concatenated."""
+
+    def __init__(self, kind, n_inputs=1, vocab=11, hidden=6):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.head = nn.Linear(hidden * n_inputs, OUT_DIM[kind])
+        self.kind = kind
+
+    def forward_from_embeds(self, embeds):
+        pooled = torch.cat([torch.tanh(e).mean(dim=1) for e in embeds], dim=-1)  # (B, n*H)
+        out = self.head(pooled)  # (B, C)
+        return out.squeeze(-1) if self.kind != "classification" else out
+
+
+def _setup(kind, n_inputs=1, seed=0):
+    torch.manual_seed(seed)
+    model = _Toy(kind, n_inputs)
+    ids = [torch.randint(0, 11, (4, 5)) for _ in range(n_inputs)]  # (B, T) per sentence
+    embeds = [model.embed(i) for i in ids]  # (B, T, H), in the graph of model.embed.weight
+    return model, embeds, model.forward_from_embeds(embeds)
+
+
+@pytest.mark.parametrize("kind", ["classification", "binary", "regression"])
+@pytest.mark.parametrize("n_inputs", [1, 2])
+def test_regularizer_nonnegative(kind, n_inputs):
+    for seed in range(5):
+        model, embeds, clean = _setup(kind, n_inputs, seed)
+        r = smart_regularizer(model.forward_from_embeds, embeds, clean, kind, sigma=1e-2, eta=1e-2)
+        assert r.dim() == 0 and r.item() >= 0.0
+
+
+@pytest.mark.parametrize("kind", ["classification", "binary", "regression"])
+def test_regularizer_zero_without_perturbation(kind):
+    model, embeds, clean = _setup(kind)
+    r = smart_regularizer(model.forward_from_embeds, embeds, clean, kind, sigma=0.0, eta=0.0, steps=2)
+    assert r.item() == 0.0
+
+
+@pytest.mark.parametrize("kind", ["classification", "binary", "regression"])
+def test_gradients_reach_model_and_embeddings(kind):
+    model, embeds, clean = _setup(kind, n_inputs=2)
+    r = smart_regularizer(model.forward_from_embeds, embeds, clean, kind, sigma=1e-1, eta=1e-1)
+    r.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+    # (for regression the head bias cancels in f(x + delta) - f(x): its gradient is exactly 0)
+    assert model.embed.weight.grad.abs().sum() > 0
+    assert model.head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["classification", "binary", "regression"])
+def test_ascent_step_increases_divergence(kind):
+    model, embeds, clean = _setup(kind)
+    f = model.forward_from_embeds
+    values = []
+    for steps in (0, 1, 3):
+        torch.manual_seed(123)  # the same random start for every run
+        values.append(smart_regularizer(f, embeds, clean, kind, sigma=1e-2, eta=1e-1, steps=steps).item())
+    assert values[0] < values[1] < values[2]
+
+
+def test_ascent_moves_noise_at_paper_values():
+    # at sigma = 1e-5 the gradient is ~1e-7, far below eps: the step must still be eta-sized
+    kw = {k: v for k, v in DEFAULTS.items() if k != "weight"}
+    model, embeds, clean = _setup("classification")
+    values = []
+    for steps in (0, 1):
+        torch.manual_seed(7)
+        values.append(smart_regularizer(model.forward_from_embeds, embeds, clean, "classification",
+                                        **{**kw, "steps": steps}).item())
+    assert values[1] > 100 * values[0]
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2"])
+def test_step_direction_has_unit_norm_per_example(norm):
+    torch.manual_seed(0)
+    g = torch.randn(3, 4, 5) * torch.tensor([1e-9, 1e-8, 1e-9])[:, None, None]  # tiny, unequal scales
+    d = _normalize(g, norm, eps=1e-5).reshape(3, -1)
+    size = d.abs().amax(dim=1) if norm == "inf" else d.norm(dim=1)
+    assert torch.allclose(size, torch.ones(3), atol=1e-3)  # eps is relative to the batch max
+    assert torch.equal(_normalize(torch.zeros(2, 3, 4), norm, eps=1e-5), torch.zeros(2, 3, 4))
+
+
+def test_symmetric_kl_two_classes_by_hand():
+    p_logits, q_logits = torch.tensor([[0.0, 1.0], [2.0, -1.0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    expected = 0.0
+    for pl, ql in zip(p_logits.tolist(), q_logits.tolist()):
+        p = [math.exp(v) / sum(math.exp(u) for u in pl) for v in pl]
+        q = [math.exp(v) / sum(math.exp(u) for u in ql) for v in ql]
+        expected += sum(a * math.log(a / b) + b * math.log(b / a) for a, b in zip(p, q))
+    assert symmetric_kl(p_logits, q_logits).item() == pytest.approx(expected / 2, rel=1e-6)
+
+
+def test_symmetric_kl_bernoulli_by_hand():
+    a, b = torch.tensor([0.5, -2.0, 3.0]), torch.tensor([-1.0, -2.0, 0.0])
+    expected = 0.0
+    for x, y in zip(a.tolist(), b.tolist()):
+        p, q = 1 / (1 + math.exp(-x)), 1 / (1 + math.exp(-y))
+        expected += (p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+                     + q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p)))
+    assert symmetric_kl(a, b).item() == pytest.approx(expected / 3, rel=1e-6)
+    assert symmetric_kl(a[:, None], b[:, None]).item() == pytest.approx(expected / 3, rel=1e-6)
+    # a Bernoulli logit x is the 2-class softmax over [0, x]
+    two_class = symmetric_kl(torch.stack([torch.zeros(3), a], -1), torch.stack([torch.zeros(3), b], -1))
+    assert two_class.item() == pytest.approx(expected / 3, rel=1e-5)
+
+
+def test_defaults_match_paper():
+    assert DEFAULTS == dict(weight=5.0, sigma=1e-5, eta=1e-3, eps=1e-5, steps=1)
+
+
+def test_momentum_teacher_update():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    teacher = MomentumTeacher(model)
+    old = [p.clone() for p in teacher.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    teacher.update(model, beta=0.9)
+    for t, o, p in zip(teacher.module.parameters(), old, model.parameters()):
+        assert torch.allclose(t, 0.1 * p + 0.9 * o)  # theta~ <- (1 - beta) theta + beta theta~
+    teacher.update(model, beta=0.0)
+    for t, p in zip(teacher.module.parameters(), model.parameters()):
+        assert torch.equal(t, p)
+
+
+def test_teacher_gets_no_grad():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    teacher = MomentumTeacher(model)
+    with torch.no_grad():
+        model.weight.add_(0.5)
+    x = torch.randn(5, 3)
+    out = model(x)
+    loss = bregman_divergence(out, teacher(x), "classification")
+    loss.backward()
+    assert loss.item() > 0
+    assert model.weight.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in teacher.module.parameters())
+    # the teacher side is constant even when its output carries a graph
+    t_out = teacher.module(x).requires_grad_()
+    bregman_divergence(model(x), t_out, "regression").backward()
+    assert t_out.grad is None
