@@ -1,0 +1,93 @@
+"""From examples to padded tensor batches.
+
+Each data set is tokenized once. Training batches come from an endless stream per task:
+the concatenation of one random permutation after another, each drawn from a generator
+seeded by (data seed, task, pass). Batch s of a task is therefore a pure function of s,
+which makes resuming exact and lets a small task repeat while a big one (Quora) keeps
+showing new examples, as the CS224N paper's iterations-per-epoch scheme intends.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minbert.data import Example
+
+
+@dataclass
+class Encoded:
+    """A tokenized data set: per example, one or two segments of (ids, type ids)."""
+    ids: list[str]
+    segments: list[list[tuple[list[int], list[int]]]]
+    labels: list  # None entries for unlabeled files
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def encode(tokenizer, examples: list[Example], siamese: bool, max_length: int) -> Encoded:
+    """siamese: A and B become separate segments; otherwise B is packed after A (cross input)."""
+    a = [e.text_a for e in examples]
+    b = [e.text_b for e in examples]
+    pair = examples and examples[0].text_b is not None
+    if not pair:
+        segs = [[s] for s in tokenizer.encode_lists(a, max_length=max_length)]
+    elif siamese:
+        segs = [list(s) for s in zip(tokenizer.encode_lists(a, max_length=max_length),
+                                     tokenizer.encode_lists(b, max_length=max_length))]
+    else:
+        segs = [[s] for s in tokenizer.encode_lists(a, b, max_length=max_length)]
+    return Encoded([e.id for e in examples], segs, [e.label for e in examples])
+
+
+def collate(data: Encoded, index: list[int], pad_id: int = 0) -> dict:
+    """Pads each segment to its longest member in the batch."""
+    segments = []
+    for k in range(len(data.segments[index[0]])):
+        seqs = [data.segments[i][k] for i in index]
+        T = max(len(ids) for ids, _ in seqs)
+        input_ids = torch.full((len(index), T), pad_id, dtype=torch.long)
+        token_type_ids = torch.zeros((len(index), T), dtype=torch.long)
+        attention_mask = torch.zeros((len(index), T), dtype=torch.long)
+        for row, (ids, types) in enumerate(seqs):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            token_type_ids[row, :len(ids)] = torch.tensor(types)
+            attention_mask[row, :len(ids)] = 1
+        segments.append({"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask})
+    labels = [data.labels[i] for i in index]
+    batch = {"segments": segments, "ids": [data.ids[i] for i in index]}
+    if all(lab is not None for lab in labels):
+        batch["labels"] = torch.tensor(labels)
+    return batch
+
+
+def to_device(batch: dict, device) -> dict:
+    return {**batch,
+            "segments": [{k: v.to(device, non_blocking=True) for k, v in s.items()} for s in batch["segments"]],
+            **({"labels": batch["labels"].to(device)} if "labels" in batch else {})}
+
+
+class Stream:
+    """Batch s of one task's endless shuffled stream (see the module docstring)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, task_index: int):
+        self.n, self.batch_size, self.seed, self.task_index = n, batch_size, seed, task_index
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, k: int) -> torch.Tensor:
+        if k not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.task_index * 10_007 + k)
+            self._perms = {k: torch.randperm(self.n, generator=g)}  # keep only the current pass
+        return self._perms[k]
+
+    def batch_indices(self, step: int) -> list[int]:
+        start = step * self.batch_size
+        return [int(self._perm(q // self.n)[q % self.n]) for q in range(start, start + self.batch_size)]
+
+
+def eval_batches(data: Encoded, batch_size: int):
+    """In-order index lists for evaluation, grouped by length so batches carry little padding."""
+    order = sorted(range(len(data)), key=lambda i: sum(len(ids) for ids, _ in data.segments[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
