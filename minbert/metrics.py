@@ -20,12 +20,21 @@ def f1(pred, gold, positive=1) -> float:
     return 2 * tp / denom if denom else 0.0
 
 
+def _correlation(fn, pred, gold) -> float:
+    pred, gold = np.asarray(pred, dtype=float), np.asarray(gold, dtype=float)
+    if np.ptp(pred) == 0 or np.ptp(gold) == 0:
+        # Constant predictions (a saturated head, say) have no correlation; scipy would
+        # return NaN, which would also poison best-checkpoint selection. Count it as 0.
+        return 0.0
+    return float(fn(pred, gold)[0])
+
+
 def pearson(pred, gold) -> float:
-    return float(stats.pearsonr(np.asarray(pred, dtype=float), np.asarray(gold, dtype=float))[0])
+    return _correlation(stats.pearsonr, pred, gold)
 
 
 def spearmanr(pred, gold) -> float:
-    return float(stats.spearmanr(np.asarray(pred, dtype=float), np.asarray(gold, dtype=float))[0])
+    return _correlation(stats.spearmanr, pred, gold)
 
 
 def task_metrics(kind: str, num_labels: int, pred, gold) -> dict[str, float]:

@@ -19,3 +19,100 @@ def need(path: Path, what: str):
 @pytest.fixture
 def minilm_dir():
     return need(MINILM, "all-MiniLM-L6-v2 weights")
+
+
+# ---------------------------------------------------------------- tiny model and data
+# A 2-layer BERT with a 60-word vocabulary and small data files in the real layouts, so
+# that every preset can train a few steps in seconds. Written fresh by each test session.
+
+WORDS = ("good great fun lovely superb bad awful boring dull poor movie film plot actor story scene "
+         "music ending the a is was very not really quite how what why can i do get learn make "
+         "cat dog man woman plays runs eats guitar flute food city car").split()
+POSITIVE, NEGATIVE = WORDS[:5], WORDS[5:10]
+
+
+def make_tiny_model(folder: Path) -> Path:
+    import json
+    import torch
+    from safetensors.torch import save_file
+    from minbert import BertConfig, BertModel
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.to_dict().items()
+                                                    if k != "attn_implementation"}))
+    torch.manual_seed(0)
+    save_file(BertModel(config).state_dict(), str(folder / "model.safetensors"))
+    return folder
+
+
+def make_tiny_data(folder: Path, n_train: int = 48, n_dev: int = 16) -> Path:
+    """CS224N and GLUE files with learnable labels: sentiment follows the count of
+    positive minus negative words; pairs are similar when they share words."""
+    import random
+    rng = random.Random(0)
+
+    def sentence(pos: int, neg: int) -> str:
+        words = rng.sample(POSITIVE, pos) + rng.sample(NEGATIVE, neg) + rng.sample(WORDS[10:], 4)
+        rng.shuffle(words)
+        return " ".join(words)
+
+    def sst_row(i):
+        label = rng.randrange(5)
+        pos, neg = {0: (0, 3), 1: (0, 1), 2: (1, 1), 3: (1, 0), 4: (3, 0)}[label]
+        return f"{i}\tsst{i}\t{sentence(pos, neg)}", label
+
+    def pair_row(i):
+        a = sentence(1, 1)
+        same = rng.random() < 0.5
+        b = a if same else sentence(1, 1)
+        score = 5.0 if same else round(rng.uniform(0, 2), 1)
+        return a, b, int(same), score
+
+    (folder / "cs224n").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev), ("test-student", n_dev)):
+        rows = [sst_row(i) for i in range(n)]
+        pairs = [pair_row(i) for i in range(n)]
+        labeled = split != "test-student"
+        lines = ["\tid\tsentence" + ("\tsentiment" if labeled else "")]
+        lines += [r + (f"\t{lab}" if labeled else "") for r, lab in rows]
+        (folder / f"cs224n/ids-sst-{split}.csv").write_text("\n".join(lines) + "\n")
+        for name, col in (("quora", "is_duplicate"), ("sts", "similarity")):
+            lines = ["\tid\tsentence1\tsentence2" + (f"\t{col}" if labeled else "")]
+            for i, (a, b, same, score) in enumerate(pairs):
+                label = f"{float(same)}" if name == "quora" else f"{score}"
+                lines.append(f"{i}\t{name}{i}\t{a}\t{b}" + (f"\t{label}" if labeled else ""))
+            (folder / f"cs224n/{name}-{split}.csv").write_text("\n".join(lines) + "\n")
+    (folder / "glue/MRPC").mkdir(parents=True, exist_ok=True)
+    (folder / "glue/STS-B").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        pairs = [pair_row(i) for i in range(n)]
+        mrpc = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        mrpc += [f"{same}\t{2 * i}\t{2 * i + 1}\t{a}\t{b}" for i, (a, b, same, _) in enumerate(pairs)]
+        (folder / f"glue/MRPC/{split}.tsv").write_text("\n".join(mrpc) + "\n")
+        stsb = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+        stsb += [f"{i}\tmain\tx\t2012\t{i}\tnone\tnone\t{a}\t{b}\t{score:.3f}" for i, (a, b, _, score) in enumerate(pairs)]
+        (folder / f"glue/STS-B/{split}.tsv").write_text("\n".join(stsb) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("tiny_data"))
+
+
+def tiny_experiment(preset_name: str, tiny_model, tiny_data, out, **kw):
+    """A preset shrunk to seconds: tiny model and data, a few steps, CPU."""
+    from minbert.experiments import preset
+    fields = dict(model=str(tiny_model), data_dir=str(tiny_data), output_dir=str(out), device="cpu",
+                  max_steps=4, batch_size=4, eval_batch_size=8, lr=1e-3, eval_per_epoch=1)
+    fields.update(kw)
+    return preset(preset_name, **fields)
