@@ -1,0 +1,135 @@
+"""Runs in, tables out: the CS224N table, multi-seed summaries (mean ± std, as the M-FAC
+model cards report them), and the start-many-stop-early sweep (seeds.py).
+
+Every number written here is read from a run folder's all_results.json, which carries
+the command, device, date and commit that produced it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+from minbert.experiments import PRESETS, Experiment
+
+TABLE_METRICS = ("eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson", "eval_overall")
+
+
+def read_runs(runs_dir: str | Path) -> list[dict]:
+    """Every finished run under runs_dir: its all_results.json plus its folder and config."""
+    runs = []
+    for f in sorted(Path(runs_dir).rglob("all_results.json")):
+        config = json.loads((f.parent / "config.json").read_text())
+        runs.append({**json.loads(f.read_text()), "dir": str(f.parent), "config": config})
+    return runs
+
+
+def _fmt(x, digits=3):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def write_table(runs_dir, out_md):
+    """results/cs224n_table.md (+ .json): our dev scores beside the paper's, one row per preset."""
+    runs = {r["preset"]: r for r in read_runs(runs_dir) if r["preset"] in PRESETS and r["preset"] != "glue"}
+    lines = ["| preset | SST | QQP | STS | overall | paper SST / QQP / STS / overall | model | epochs | "
+             "wall time | device | peak memory | date | commit |", "|" + "---|" * 13]
+    rows = []
+    for name, (_, paper) in PRESETS.items():
+        if name == "glue":
+            continue
+        paper_txt = "N/A (out of memory)" if paper is None else " / ".join(f"{p:.3f}" for p in paper)
+        r = runs.get(name)
+        if r is None:
+            lines.append(f"| {name} | not run | | | | {paper_txt} | | | | | | | |")
+            rows.append({"preset": name, "paper": paper, "ours": None})
+            continue
+        ours = [r.get(m) for m in TABLE_METRICS]
+        epochs_done = r["global_step"] / r["steps_per_epoch"]
+        lines.append(
+            f"| {name} | " + " | ".join(_fmt(x) for x in ours) + f" | {paper_txt} | {Path(r['model']).name} | "
+            f"{epochs_done:.2f} of {r['config']['epochs']:g} | {r['train_runtime'] / 60:.1f} min | {r['device']} | "
+            f"{r['peak_memory_mb'] / 1024:.2f} GiB | {r['date']} | {r.get('commit', '?')} |")
+        rows.append({"preset": name, "paper": paper, "ours": dict(zip(TABLE_METRICS, ours)),
+                     "epochs_done": epochs_done, **{k: r[k] for k in ("model", "train_runtime", "device",
+                                                                    "peak_memory_mb", "date", "command")},
+                     "commit": r.get("commit")})
+    commands = [f"- {r['preset']}: `{r['command']}`" for r in runs.values()]
+    text = ("# CS224N multitask table: our runs beside the paper's\n\n"
+            "Dev set scores of the best checkpoint (by overall score). overall = (SST + QQP + (STS + 1) / 2) / 3.\n"
+            "Paper: Cortes, Hsieh & Fu, CS224N, bert-base-uncased, 10 epochs. Ours: the model and epochs in the row.\n"
+            "Peak memory is GPU memory allocated on CUDA, the process's peak RSS on CPU.\n\n"
+            + "\n".join(lines) + "\n\n## Commands\n\n" + "\n".join(commands) + "\n")
+    out_md = Path(out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(text)
+    out_md.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(text)
+
+
+def summarize(results: list[dict]) -> dict[str, tuple[float, float]]:
+    """metric -> (mean, sample std) over runs, for every numeric eval_* key."""
+    keys = [k for k in results[0] if k.startswith("eval_") and isinstance(results[0][k], (int, float))]
+    out = {}
+    for k in keys:
+        xs = [r[k] for r in results]
+        out[k] = (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    return out
+
+
+def run_seeds(exp: Experiment, seeds: list[int], out: str | None):
+    """The same experiment once per seed; writes <out>/seeds.json and seeds.md (mean ± std)."""
+    from minbert.trainer import Trainer
+    out_dir = Path(out or f"runs/{exp.name}-seeds")
+    results = []
+    for s in seeds:
+        run = dataclasses.replace(exp, seed=s, output_dir=str(out_dir / f"seed-{s}"))
+        results.append({"seed": s, **Trainer(run).train()})
+    summary = summarize(results)
+    timing = {k: statistics.mean(r[k] for r in results) for k in ("train_runtime", "peak_memory_mb")}
+    step_time = statistics.mean(r["train_runtime"] / max(1, r["train_steps"]) for r in results)
+    lines = [f"# {exp.name}: {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
+             "| metric | mean ± std |", "|---|---|"]
+    lines += [f"| {k} | {100 * m:.2f} ± {100 * s:.2f} |" for k, (m, s) in summary.items()]
+    lines += ["", f"- mean wall time per run: {timing['train_runtime'] / 60:.1f} min; mean time per step: "
+              f"{1000 * step_time:.0f} ms; peak memory: {timing['peak_memory_mb'] / 1024:.2f} GiB",
+              f"- device: {results[0]['device']}; date: {results[0]['date']}; commit: {results[0].get('commit')}",
+              f"- command: `{results[0]['command']}`"]
+    (out_dir / "seeds.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "seeds.json").write_text(json.dumps({"config": exp.to_dict(), "runs": results,
+                                                    "summary": summary, "step_time_s": step_time}, indent=2) + "\n")
+    print("\n".join(lines))
+    return summary
+
+
+def run_sweep(exp: Experiment, t: int, f: float, p: int, out: str | None, complete_all: bool = True):
+    """Dodge et al. 2020 on one experiment: t runs with seeds seed, seed+1, ... (both the head
+    initialisation and the data order change with the seed), stopped at fraction f, the
+    best p continued. With complete_all, the stopped runs are then also trained to the end
+    so that the expected best of k fully trained runs can be set beside the search at
+    equal budget (those extra epochs are not part of the search's cost)."""
+    from minbert.seeds import start_many_stop_early, write_report
+    from minbert.trainer import Trainer
+    out_dir = Path(out or f"results/seeds_{exp.name}")
+    metric = "eval_overall"
+
+    def run_fn(run_id: int, start: float, stop: float) -> list[dict]:
+        s = exp.seed + run_id
+        run = dataclasses.replace(exp, seed=s, init_seed=s, data_seed=s, output_dir=str(out_dir / "runs" / f"run-{run_id}"))
+        trainer = Trainer(run, quiet=True)
+        trainer.stop_step = max(1, round(stop * trainer.total_steps))
+        trainer.train()
+        return [{"fraction": e["step"] / trainer.total_steps, "step": e["step"], "score": e[metric], "seed": s}
+                for e in trainer.history if metric in e and start < e["step"] / trainer.total_steps <= stop + 1e-9]
+
+    result = start_many_stop_early(run_fn, t=t, f=f, p=p, epochs=exp.epochs)
+    full_scores = None
+    if complete_all:
+        full_scores = []
+        for run in result.runs:
+            evals = run.evals if not run.stopped_early else run.evals + run_fn(run.run_id, f, 1.0)
+            full_scores.append(max(e["score"] for e in evals))  # best checkpoint of the full run
+    write_report(result, out_dir, title=f"{exp.name}: start {t}, stop at {f:g}, continue {p}",
+                 full_run_scores=full_scores)
+    (out_dir / "config.json").write_text(json.dumps(exp.to_dict(), indent=2) + "\n")
+    return result
