@@ -89,6 +89,10 @@ class Experiment:
         for t, h in self.heads.items():
             if h not in HEADS:
                 bad(f"unknown head {h!r} for {t}; choose one of {', '.join(HEADS)}")
+            # Two-sentence heads need the sentences encoded apart; "linear" needs one segment.
+            if TASKS[t].pair and (h != "linear") != (self.pair_input == "siamese"):
+                bad(f"head {h!r} does not fit pair_input={self.pair_input} for {t}: use linear with cross, "
+                    f"or concat / cos-* with siamese")
         if self.update not in UPDATES:
             bad(f"unknown update {self.update!r}; choose one of {', '.join(UPDATES)}")
         if self.pooling not in (*POOLERS, "pooler"):
@@ -151,7 +155,7 @@ PRESETS: dict[str, tuple[dict, tuple | None]] = {
 }
 
 
-def preset(name: str, **overrides) -> Experiment:
+def preset(name: str, /, **overrides) -> Experiment:
     """The preset's fields, then the overrides; unknown names and fields are errors."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -133,3 +133,41 @@ def run_sweep(exp: Experiment, t: int, f: float, p: int, out: str | None, comple
                  full_run_scores=full_scores)
     (out_dir / "config.json").write_text(json.dumps(exp.to_dict(), indent=2) + "\n")
     return result
+
+
+# The M-FAC model cards (bert-tiny, 5 runs, GLUE dev): (F1 mean, std, accuracy mean, std).
+MFAC_CARDS = {
+    "mrpc": {"adam": (81.68, 0.33, 69.90, 0.32), "mfac": (82.77, 0.22, 72.94, 0.37)},
+    "qqp": {"adam": (77.58, 0.08, 81.09, 0.15), "mfac": (79.71, 0.13, 84.29, 0.08)},
+}
+
+
+def compare_optimizers(task: str, seed_dirs: dict[str, str | Path], out_md: str | Path, note: str = ""):
+    """Adam vs M-FAC multi-seed runs (each a folder written by run_seeds) beside the cards."""
+    blocks = {name: json.loads((Path(d) / "seeds.json").read_text()) for name, d in seed_dirs.items()}
+    cards = MFAC_CARDS.get(task, {})
+    lines = [f"# M-FAC vs Adam on {task.upper()} (dev set)", "", note, "",
+             "| optimizer | runs | F1 | accuracy | card F1 (bert-tiny) | card accuracy (bert-tiny) | time / step | "
+             "wall time / run | peak memory |", "|" + "---|" * 9]
+    for name, b in blocks.items():
+        s, runs = b["summary"], b["runs"]
+        f1, acc = s.get("eval_f1", (float("nan"), 0)), s.get("eval_accuracy", (float("nan"), 0))
+        card = cards.get(name)
+        card_txt = (f"{card[0]:.2f} ± {card[1]:.2f} | {card[2]:.2f} ± {card[3]:.2f}" if card else "— | —")
+        lines.append(f"| {name} | {len(runs)} | {100 * f1[0]:.2f} ± {100 * f1[1]:.2f} | "
+                     f"{100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | {card_txt} | {1000 * b['step_time_s']:.0f} ms | "
+                     f"{statistics.mean(r['train_runtime'] for r in runs) / 60:.1f} min | "
+                     f"{max(r['peak_memory_mb'] for r in runs) / 1024:.2f} GiB |")
+    if "adam" in blocks and "mfac" in blocks:
+        ratio = blocks["mfac"]["step_time_s"] / blocks["adam"]["step_time_s"]
+        lines += ["", f"M-FAC step time / AdamW step time: {ratio:.2f}x (same machine, same runs as above)."]
+    first = next(iter(blocks.values()))["runs"][0]
+    lines += ["", "## Runs", ""]
+    for name, b in blocks.items():
+        r = b["runs"][0]
+        lines.append(f"- {name}: `{r['command']}` — seeds {[x['seed'] for x in b['runs']]}, model "
+                     f"{Path(r['model']).name}, device {r['device']}, {r['date']}, commit {r.get('commit')}")
+    lines.append(f"- config of the first: {json.dumps({k: first.get(k) for k in ('epochs', 'steps_per_epoch')})}")
+    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_md).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
