@@ -10,6 +10,9 @@ Every field of minbert.experiments.Experiment is a flag (`--lr`, `--epochs`, `--
 resolved configuration is printed and saved as config.json in the output folder.
 The run_glue spellings (--model_name_or_path, --learning_rate, --num_train_epochs,
 --per_device_train_batch_size, --max_seq_length) are accepted too.
+
+Data-parallel on N GPUs (or CPU processes), --batch_size per process (minbert/distributed.py):
+    torchrun --standalone --nproc_per_node=N train_multitask.py --preset gse
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 import sys
 import typing
 
+from minbert import distributed
 from minbert.experiments import PRESETS, Experiment, preset
 
 RUN_GLUE_ALIASES = {"model": ["--model_name_or_path"], "lr": ["--learning_rate"], "epochs": ["--num_train_epochs"],
@@ -26,7 +30,8 @@ RUN_GLUE_ALIASES = {"model": ["--model_name_or_path"], "lr": ["--learning_rate"]
 
 
 def parse_kv(text: str) -> dict:
-    """'{"lr": 1e-4}' (JSON) or 'lr=1e-4,num_grads=512' -> dict, numbers parsed as numbers."""
+    """'{"lr": 1e-4}' (JSON), 'lr=1e-4,num_grads=512', or the model cards' 'lr: 1e-4, num_grads: 512'
+    -> dict, numbers parsed as numbers. Lists need the JSON form."""
     text = text.strip()
     if text.startswith("{"):
         try:
@@ -35,7 +40,7 @@ def parse_kv(text: str) -> dict:
             raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
     out = {}
     for part in filter(None, text.split(",")):
-        key, eq, value = part.partition("=")
+        key, eq, value = part.partition("=") if "=" in part else part.partition(":")
         if not eq:
             raise argparse.ArgumentTypeError(f"expected key=value, got {part!r}")
         try:
@@ -116,9 +121,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(exp.to_dict(), indent=2))
+    if distributed.is_main():
+        print(json.dumps(exp.to_dict(), indent=2))
     if args.print_config:
         return 0
+    if distributed.launched() and (args.seeds or args.sweep):
+        print("error: --seeds and --sweep run one process; start one torchrun per seed instead", file=sys.stderr)
+        return 2
     if args.seeds:
         from minbert.report import run_seeds
         run_seeds(exp, [int(s) for s in args.seeds.split(",")], args.out)
@@ -128,13 +137,18 @@ def main(argv=None) -> int:
         t, f, p = args.sweep.split(",")
         run_sweep(exp, int(t), float(f), int(p), args.out)
         return 0
-    from minbert.trainer import Trainer
+    from minbert.trainer import CheckpointError, Trainer
     try:
         trainer = Trainer(exp)
     except (ValueError, FileNotFoundError, OSError) as e:  # bad data, weights, or M-FAC memory: before any work
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer.train()
+    try:
+        trainer.train()
+    except (CheckpointError, FloatingPointError) as e:  # an unreadable checkpoint; a NaN that stopped the run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    distributed.teardown()  # under torchrun; nothing otherwise
     return 0
 
 

@@ -15,18 +15,27 @@ import torch
 from torch import Tensor
 
 
-def _grads_or_none(losses: list[Tensor], params: list[Tensor]) -> list[list[Tensor | None]]:
-    """One autograd.grad per task; None where a param is not in that task's graph."""
+def _grads_or_none(losses: list[Tensor], params: list[Tensor], reduce_fn=None) -> list[list[Tensor | None]]:
+    """One autograd.grad per task; None where a param is not in that task's graph.
+
+    reduce_fn (data-parallel training: minbert.distributed.average) maps the list of all
+    these gradients to their means over the processes, before any projection: PCGrad
+    of the averaged task gradients, which is not the average of per-process PCGrads.
+    """
     grads = []
     for k, loss in enumerate(losses):
         keep = k < len(losses) - 1  # the graph is shared by the tasks: free it after the last one
         grads.append(list(torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True)))
+    if reduce_fn is not None:
+        found = [(k, m) for k, gk in enumerate(grads) for m, g in enumerate(gk) if g is not None]
+        for (k, m), g in zip(found, reduce_fn([grads[k][m] for k, m in found]), strict=True):
+            grads[k][m] = g
     return grads
 
 
-def task_gradients(losses: list[Tensor], params: list[Tensor]) -> list[list[Tensor]]:
+def task_gradients(losses: list[Tensor], params: list[Tensor], reduce_fn=None) -> list[list[Tensor]]:
     """Alg. 1 line 1: g_k = grad_theta L_k(theta) for every task k, as grads[k][param]."""
-    grads = _grads_or_none(losses, params)
+    grads = _grads_or_none(losses, params, reduce_fn)
     return [[torch.zeros_like(p) if g is None else g for g, p in zip(gk, params)] for gk in grads]
 
 
@@ -73,18 +82,19 @@ def _accumulate(p: Tensor, g: Tensor) -> None:
 
 
 def pcgrad_backward(losses: list[Tensor], shared_params, other_params=None,
-                    generator: torch.Generator | None = None, reduction: str = "sum") -> None:
+                    generator: torch.Generator | None = None, reduction: str = "sum", reduce_fn=None) -> None:
     """Like sum(losses).backward(), but the shared params get the PCGrad combination.
 
     other_params (task heads) get the gradient of the summed loss: each head only
     appears in its own task's graph, so that is its own task gradient. It comes
     out of the same per-task autograd.grad calls (sum over tasks), with no extra
     backward pass. Gradients accumulate into .grad; a param that no loss reaches
-    keeps .grad unchanged (None after zero_grad), as with backward().
+    keeps .grad unchanged (None after zero_grad), as with backward(). reduce_fn: see
+    _grads_or_none (it averages every task gradient, heads' too, across processes).
     """
     shared = [p for p in shared_params if p.requires_grad]
     other = [p for p in (other_params or []) if p.requires_grad]
-    grads = _grads_or_none(losses, shared + other)
+    grads = _grads_or_none(losses, shared + other, reduce_fn)
     n = len(shared)
 
     reached = [any(gk[m] is not None for gk in grads) for m in range(n)]

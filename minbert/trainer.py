@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import resource
 import shutil
 import sys
@@ -27,16 +28,34 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from minbert import metrics
+from minbert import distributed, metrics
 from minbert.batches import Stream, collate, encode, eval_batches, to_device
 from minbert.data import TASKS, read_split
 from minbert.experiments import Experiment
 from minbert.heads import MultitaskBert
-from minbert.model import BertConfig, BertModel
+from minbert.model import BertModel
 from minbert.optim import AdamW, MFAC
 from minbert.pcgrad import pcgrad_backward
 from minbert.smart import MomentumTeacher, bregman_divergence, smart_regularizer
 from minbert.tokenizer import BertTokenizer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint in the run folder cannot be resumed from; the message names the file."""
+
+
+@contextlib.contextmanager
+def reading(path: Path):
+    """Any failure to read or apply `path` becomes one CheckpointError naming it."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError):  # weights_only=True refused it; nothing was run
+            why = "it holds pickled objects other than tensors (refused, not run)"
+        else:
+            why = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        raise CheckpointError(f"cannot resume from {path}: {why}. Move {path.parent} away "
+                              f"(or use another --output_dir) to start this run from scratch") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,8 +123,11 @@ def peak_memory_mb(device: torch.device) -> float:
 class Trainer:
     def __init__(self, exp: Experiment, quiet: bool = False):
         exp.validate()
-        self.exp, self.quiet = exp, quiet
-        self.device = resolve_device(exp.device)
+        # under torchrun: join the process group; rank 0 alone prints (minbert/distributed.py)
+        self.device = distributed.setup(resolve_device(exp.device))
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        self.exp, self.quiet = exp, quiet or not self.is_main
         self.out = exp.out_dir
         self.amp = exp.bf16 and self.device.type == "cuda"
         seed = exp.seed
@@ -117,7 +139,7 @@ class Trainer:
         torch.manual_seed(self.init_seed)  # the new heads' initial weights
         self.model = MultitaskBert(bert, exp.heads, exp.pooling, exp.head_dropout, exp.binary_logit).to(self.device)
         self.model.train()
-        torch.manual_seed(seed)  # dropout, SMART noise
+        torch.manual_seed(seed + self.rank)  # dropout, SMART noise: each rank its own
 
         self.train_data, self.dev_data = {}, {}
         siamese = exp.pair_input == "siamese"
@@ -132,16 +154,17 @@ class Trainer:
                              f"(lines {', '.join(str(e.line) for e in rows.skipped[:10])})")
             self.train_data[t] = encode(self.tokenizer, train, siamese and TASKS[t].pair, exp.max_length)
             self.dev_data[t] = encode(self.tokenizer, dev, siamese and TASKS[t].pair, exp.max_length)
-        self.streams = {t: Stream(len(d), exp.batch_size, self.data_seed, i)
+        global_batch = exp.batch_size * self.world  # rank r trains on the r-th slice (train_batch)
+        self.streams = {t: Stream(len(d), global_batch, self.data_seed, i)
                         for i, (t, d) in enumerate(self.train_data.items())}
 
         n = {t: len(d) for t, d in self.train_data.items()}
         if exp.steps_per_epoch > 0:
             self.steps_per_epoch = exp.steps_per_epoch
         elif exp.steps_per_epoch == -1:
-            self.steps_per_epoch = math.ceil(n[exp.tasks[0]] / exp.batch_size)
+            self.steps_per_epoch = math.ceil(n[exp.tasks[0]] / global_batch)
         else:  # the paper: the smallest training set once per epoch (times iters_mult)
-            self.steps_per_epoch = int(exp.iters_mult * (min(n.values()) // exp.batch_size))
+            self.steps_per_epoch = int(exp.iters_mult * (min(n.values()) // global_batch))
         self.total_steps = math.ceil(exp.epochs * self.steps_per_epoch)
         self.stop_step = min(self.total_steps, exp.max_steps) if exp.max_steps > 0 else self.total_steps
         self.eval_interval = max(1, self.steps_per_epoch // exp.eval_per_epoch)
@@ -167,8 +190,9 @@ class Trainer:
 
     def log(self, entry: dict):
         self.history.append(entry)
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        if self.is_main:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
 
     # ---------------------------------------------------------------- one step
 
@@ -176,9 +200,9 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
     def train_batch(self, task: str, step: int) -> dict:
-        data = self.train_data[task]
-        return to_device(collate(data, self.streams[task].batch_indices(step), self.tokenizer.pad_token_id),
-                         self.device)
+        data, B = self.train_data[task], self.exp.batch_size
+        index = self.streams[task].batch_indices(step)[self.rank * B:(self.rank + 1) * B]  # this rank's slice
+        return to_device(collate(data, index, self.tokenizer.pad_token_id), self.device)
 
     def task_loss(self, task: str, batch: dict) -> torch.Tensor:
         """The task's loss, plus SMART's smoothness term and the Bregman term when switched on."""
@@ -200,13 +224,15 @@ class Trainer:
         """One optimizer update from these losses; PCGrad combines them when `surgery`."""
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        if not all(torch.isfinite(l).item() for l in losses.values()):
-            return self.nonfinite(f"loss {({t: float(l) for t, l in losses.items()})}")
+        if not distributed.all_ranks(all(torch.isfinite(l).item() for l in losses.values())):
+            return self.nonfinite(f"loss {({t: l.item() for t, l in losses.items()})}")
         if surgery:
             g = torch.Generator().manual_seed(self.exp.seed * 7919 + self.step)  # task order, per step
-            pcgrad_backward(list(losses.values()), self.shared_params, self.head_params, generator=g)
+            pcgrad_backward(list(losses.values()), self.shared_params, self.head_params, generator=g,
+                            reduce_fn=distributed.average)  # task gradients averaged over ranks, then projected
         else:
             sum(losses.values()).backward()
+            distributed.average_grads(self.model.parameters())  # what DDP does; a no-op in one process
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.exp.max_grad_norm or math.inf)
         if not torch.isfinite(norm):
@@ -243,7 +269,7 @@ class Trainer:
             self.apply(losses, surgery=kind in ("pcgrad", "gse"))
             if kind == "gse":
                 self.apply({t: self.task_loss(t, batches[t]) for t in tasks})
-        return {t: l.item() for t, l in losses.items()}
+        return distributed.average_values({t: l.item() for t, l in losses.items()})
 
     # ---------------------------------------------------------------- evaluation
 
@@ -287,14 +313,19 @@ class Trainer:
 
     def save_checkpoint(self):
         """Written into a temporary folder, then renamed: a killed run never leaves a half checkpoint."""
+        rngs = distributed.gather((torch.get_rng_state(),  # every rank's random state, rank 0's first
+                                   torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []))
+        if not self.is_main:  # rank 0 alone writes
+            return
         tmp = self.out / f".tmp-checkpoint-{self.step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "model.safetensors"))
         state = {"step": self.step, "best": self.best, "history": self.history,
                  "nonfinite_skipped": self.nonfinite_skipped,
-                 "optimizers": [o.state_dict() for o in self.optimizers], "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}
+                 "optimizers": [o.state_dict() for o in self.optimizers], "rng": rngs[0][0], "cuda_rng": rngs[0][1]}
+        if self.world > 1:
+            state["rank_rngs"] = rngs
         if self.teacher is not None:
             state["teacher"] = self.teacher.module.state_dict()
         torch.save(state, tmp / "state.pt")
@@ -303,25 +334,34 @@ class Trainer:
             shutil.rmtree(old)
 
     def resume(self) -> bool:
-        for stale in self.out.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # a write that was cut off
+        if self.is_main:
+            for stale in self.out.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)  # a write that was cut off
         ckpts = self.checkpoints()
-        if not ckpts:
+        ckpt = distributed.broadcast(ckpts[-1] if ckpts else None)  # all ranks resume from rank 0's choice
+        if ckpt is None:
             return False
-        ckpt = ckpts[-1]
-        self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
-        state = torch.load(ckpt / "state.pt", map_location=self.device, weights_only=True)
-        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(s)
-        torch.set_rng_state(state["rng"].cpu())
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        with reading(ckpt / "model.safetensors"):
+            self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
+        with reading(ckpt / "state.pt"):
+            state = torch.load(ckpt / "state.pt", map_location=self.device, weights_only=True)
+            for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(s)
+        rngs = state.get("rank_rngs") or [(state["rng"], state["cuda_rng"])]
+        if len(rngs) != self.world:
+            self.say(f"{ckpt} was written by {len(rngs)} process(es), this run has {self.world}: "
+                     f"batches and dropout will not continue exactly as the interrupted run would have")
+        rng, cuda_rng = rngs[self.rank % len(rngs)]
+        torch.set_rng_state(rng.cpu())
+        if cuda_rng:
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_rng])
         if self.teacher is not None:
             self.teacher.module.load_state_dict(state["teacher"])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.nonfinite_skipped = state["nonfinite_skipped"]
         # log.jsonl may hold lines written after this checkpoint: rewrite it from the history.
-        (self.out / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.history))
+        if self.is_main:
+            (self.out / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.history))
         self.say(f"resumed from {ckpt} at step {self.step}")
         return True
 
@@ -336,14 +376,16 @@ class Trainer:
 
     def train(self) -> dict:
         exp = self.exp
-        self.out.mkdir(parents=True, exist_ok=True)
-        exp.save(self.out / "config.json")
-        (self.out / "bert_config.json").write_text(json.dumps(self.model.bert.config.to_dict(), indent=2))
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            exp.save(self.out / "config.json")
+            (self.out / "bert_config.json").write_text(json.dumps(self.model.bert.config.to_dict(), indent=2))
         resumed = self.resume()
-        if not resumed:
+        if not resumed and self.is_main:
             (self.out / "log.jsonl").write_text("")
         self.say(f"{exp.name}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), update={exp.update}, "
-                 f"smart={exp.smart}, optim={exp.optim}, device={self.device}, tasks={','.join(exp.tasks)}")
+                 f"smart={exp.smart}, optim={exp.optim}, device={self.device}, tasks={','.join(exp.tasks)}"
+                 + (f", {self.world} processes of batch {exp.batch_size}" if self.world > 1 else ""))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start_step, t0 = self.step, time.time()
@@ -364,14 +406,15 @@ class Trainer:
                 self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss,
                           **{f"loss_{t}": v for t, v in losses.items()}, "lr": exp.lr * factor})
             if self.step % self.eval_interval == 0 or self.step == self.stop_step:
-                result = self.evaluate()
-                self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                          **{f"eval_{k}": v for k, v in result.items()}})
-                self.say(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-                if result["overall"] > self.best["overall"]:
-                    self.save_best(result)
+                if self.is_main:  # the other ranks wait for it in their next collective call
+                    result = self.evaluate()
+                    self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                              **{f"eval_{k}": v for k, v in result.items()}})
+                    self.say(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+                    if result["overall"] > self.best["overall"]:
+                        self.save_best(result)
                 if exp.save_checkpoints:
-                    self.save_checkpoint()
+                    self.save_checkpoint()  # on every rank: it gathers their random states
         bar.close()
         return self.finish(time.time() - t0, self.step - start_step)
 
@@ -379,18 +422,20 @@ class Trainer:
         exp = self.exp
         best = {f"eval_{k}": v for k, v in self.best.items() if k != "step"}
         best["epoch"] = self.best.get("step", 0) / self.steps_per_epoch
-        samples = steps * exp.batch_size * len(exp.tasks)
+        samples = steps * exp.batch_size * self.world * len(exp.tasks)
         train_losses = [e["loss"] for e in self.history if "loss" in e]
         run = {
             "train_runtime": seconds, "train_steps": steps, "global_step": self.step,
             "train_samples_per_second": samples / seconds if seconds else 0.0,
             "train_loss": sum(train_losses) / len(train_losses) if train_losses else float("nan"),
-            "peak_memory_mb": peak_memory_mb(self.device), "device": self.device_name(),
+            "peak_memory_mb": peak_memory_mb(self.device), "device": self.device_name(), "world_size": self.world,
             "nonfinite_skipped": self.nonfinite_skipped, "steps_per_epoch": self.steps_per_epoch,
             "epochs": exp.epochs, "model": exp.model, "preset": exp.name,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
             "commit": git_commit(),
         }
+        if not self.is_main:
+            return {**best, **run}
         (self.out / "eval_results.json").write_text(json.dumps(best, indent=2) + "\n")
         (self.out / "all_results.json").write_text(json.dumps({**best, **run}, indent=2) + "\n")
         (self.out / "trainer_state.json").write_text(json.dumps({

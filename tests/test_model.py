@@ -46,7 +46,12 @@ def test_minilm_matches_transformers(minilm_dir, batch):
     with torch.no_grad():
         out = model(ref[f"{batch}.input_ids"], ref[f"{batch}.attention_mask"], ref[f"{batch}.token_type_ids"])
     assert next(model.parameters()).dtype == torch.float32
-    torch.testing.assert_close(out.last_hidden_state, ref[f"{batch}.last_hidden_state"], atol=1e-5, rtol=0)
+    real = ref[f"{batch}.attention_mask"].bool()
+    got, want = out.last_hidden_state, ref[f"{batch}.last_hidden_state"]
+    torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=0)
+    # Outputs at padding positions feed nothing downstream; their summation order differs
+    # with the thread count, so they get a relative tolerance on top (seen: 1.3e-5 on 1 thread).
+    torch.testing.assert_close(got[~real], want[~real], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.pooler_output, ref[f"{batch}.pooler_output"], atol=1e-5, rtol=0)
 
 
