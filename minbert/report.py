@@ -117,7 +117,7 @@ def run_sweep(exp: Experiment, t: int, f: float, p: int, out: str | None, comple
         s = exp.seed + run_id
         run = dataclasses.replace(exp, seed=s, init_seed=s, data_seed=s, output_dir=str(out_dir / "runs" / f"run-{run_id}"))
         trainer = Trainer(run, quiet=True)
-        trainer.stop_step = max(1, round(stop * trainer.total_steps))
+        trainer.stop_step = max(1, int(stop * trainer.total_steps + 1e-9))  # last evaluation at or before `stop`
         trainer.train()
         return [{"fraction": e["step"] / trainer.total_steps, "step": e["step"], "score": e[metric], "seed": s}
                 for e in trainer.history if metric in e and start < e["step"] / trainer.total_steps <= stop + 1e-9]
