@@ -1,0 +1,90 @@
+"""evaluate.py's prediction files, and the reports: CS224N table, multi-seed summary, sweep."""
+import csv
+import json
+
+import pytest
+import torch
+
+import evaluate
+from minbert import report
+from conftest import tiny_experiment
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def gse_run(tiny_model, tiny_data, tmp_path_factory):
+    from minbert.trainer import Trainer
+    out = tmp_path_factory.mktemp("runs") / "gse"
+    Trainer(tiny_experiment("gse", tiny_model, tiny_data, out, max_steps=2), quiet=True).train()
+    return out
+
+
+def test_evaluate_writes_cs224n_prediction_files(gse_run, tiny_data):
+    assert evaluate.main([str(gse_run), "--device", "cpu"]) == 0
+    results = json.loads((gse_run / "evaluate_results.json").read_text())
+    best = json.loads((gse_run / "eval_results.json").read_text())
+    assert results == pytest.approx({k: v for k, v in best.items() if k != "epoch"})  # the best checkpoint again
+    expected = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase", "sts": "Predicted_Similarity"}
+    for short, column in expected.items():
+        for split in ("dev", "test"):
+            rows = list(csv.reader(open(gse_run / "predictions" / f"{short}-{split}-output.csv")))
+            assert rows[0] == ["id", column]
+            assert len(rows) == 1 + 16  # every example once, in file order
+            name = {"para": "quora"}.get(short, short)
+            assert [r[0] for r in rows[1:]] == [f"{name}{i}" for i in range(16)]
+            values = [float(r[1]) for r in rows[1:]]
+            if short == "sst":
+                assert all(v in range(5) for v in values)
+            elif short == "para":
+                assert set(values) <= {0, 1}
+
+
+def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert evaluate.main([str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_table_holds_our_numbers_beside_the_papers(gse_run, tmp_path):
+    out = tmp_path / "table.md"
+    report.write_table(gse_run.parent, out)
+    text = out.read_text()
+    ours = json.loads((gse_run / "eval_results.json").read_text())
+    row = next(line for line in text.splitlines() if line.startswith("| gse |"))
+    assert f"{ours['eval_overall']:.3f}" in row and "0.507 / 0.748 / 0.353 / 0.644" in row
+    assert "| smart-gse | not run |" in text and "N/A (out of memory)" in text
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert {r["preset"] for r in rows} == {"baseline", "multitask", "pcgrad", "gse", "cos-emb", "cos-d", "cos-2d1",
+                                           "cos-2d1-mean", "smart", "smart-gse", "gse-3x", "cos-2d1-3x", "smart-3x"}
+
+
+def test_seeds_summary_and_optimizer_comparison(tiny_model, tiny_data, tmp_path):
+    dirs = {}
+    for optim, args in (("adam", {}), ("mfac", {"num_grads": 4, "damp": 1e-3})):
+        exp = tiny_experiment("glue", tiny_model, tiny_data, tmp_path / optim, tasks=("mrpc",), max_steps=2,
+                              optim="mfac" if optim == "mfac" else "adamw", optim_args=args)
+        summary = report.run_seeds(exp, [1, 2], str(tmp_path / optim))
+        per_run = [json.loads((tmp_path / optim / f"seed-{s}" / "eval_results.json").read_text()) for s in (1, 2)]
+        f1s = [r["eval_f1"] for r in per_run]
+        assert summary["eval_f1"][0] == pytest.approx(sum(f1s) / 2)
+        dirs[optim] = tmp_path / optim
+    report.compare_optimizers("mrpc", dirs, tmp_path / "mfac.md", note="tiny test")
+    text = (tmp_path / "mfac.md").read_text()
+    assert "81.68 ± 0.33" in text and "82.77 ± 0.22" in text and "M-FAC step time / AdamW step time" in text
+
+
+def test_sweep_report(tiny_model, tiny_data, tmp_path):
+    exp = tiny_experiment("glue", tiny_model, tiny_data, tmp_path / "unused", tasks=("mrpc",), max_steps=0,
+                          epochs=1, steps_per_epoch=4, eval_per_epoch=4)
+    result = report.run_sweep(exp, t=3, f=0.5, p=1, out=str(tmp_path / "sweep"))
+    assert len(result.continued) == 1 and result.cost_epochs == pytest.approx(3 * 0.5 + 1 * 0.5)
+    for f in ("runs.json", "table.md", "expected_max.png", "curves.png", "config.json"):
+        assert (tmp_path / "sweep" / f).stat().st_size > 0
+    runs = json.loads((tmp_path / "sweep" / "runs.json").read_text())
+    assert len(runs["runs"]) == 3
