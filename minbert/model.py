@@ -63,7 +63,7 @@ class BertSelfAttention(nn.Module):
         self.use_sdpa = config.attn_implementation == "sdpa"
 
     def forward(self, x, keep):
-        # x: (B, T, H); keep: (B, 1, 1, T) bool, True where the key is a real token
+        # x: (B, T, H); keep: (B, 1, 1, T) bool, True where the key is a real token, or None: no padding
         B, T, H = x.shape
         hs = H // self.n_head
 
@@ -76,7 +76,8 @@ class BertSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p_drop)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T)
-            att = att.masked_fill(~keep, torch.finfo(att.dtype).min)  # padding keys get ~zero weight
+            if keep is not None:
+                att = att.masked_fill(~keep, torch.finfo(att.dtype).min)  # padding keys get ~zero weight
             att = F.softmax(att, dim=-1)
             att = F.dropout(att, p=p_drop, training=self.training)
             y = att @ v  # (B, nh, T, hs)
@@ -186,10 +187,9 @@ class BertModel(nn.Module):
         """Runs the encoder and pooler on embedding-layer outputs (B, T, H).
 
         Split from forward() so SMART can perturb the embeddings (smart.py)."""
-        B, T, _ = embedding_output.shape
-        if attention_mask is None:
-            attention_mask = torch.ones(B, T, dtype=torch.bool, device=embedding_output.device)
-        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcasts over heads and queries
+        keep = None  # no padding: no mask, which lets SDPA pick its fastest (flash) kernel on a GPU
+        if attention_mask is not None and (torch.compiler.is_compiling() or not attention_mask.all()):
+            keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcasts over heads and queries
         h = self.encoder(embedding_output, keep)
         return BertOutput(last_hidden_state=h, pooler_output=self.pooler(h))
 
