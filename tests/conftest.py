@@ -17,6 +17,16 @@ def need(path: Path, what: str):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and lose a lot when the cores are busy."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def minilm_dir():
     return need(MINILM, "all-MiniLM-L6-v2 weights")
 

@@ -17,13 +17,7 @@ from minbert.heads import HEADS, MultitaskBert, TaskHead
 H = 8  # hidden size of the vectors fed to the heads
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and lose a lot when the cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- metrics

@@ -3,19 +3,13 @@ import csv
 import json
 
 import pytest
-import torch
 
 import evaluate
 from minbert import report
 from conftest import tiny_experiment
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ RUN_FILES = ("config.json", "log.jsonl", "eval_results.json", "all_results.json"
              "best/model.safetensors")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A 2-layer, 32-wide BERT gains nothing from threads, and loses a lot when the cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_json(path):
