@@ -167,7 +167,6 @@ class Trainer:
             self.steps_per_epoch = int(exp.iters_mult * (min(n.values()) // global_batch))
         self.total_steps = math.ceil(exp.epochs * self.steps_per_epoch)
         self.stop_step = min(self.total_steps, exp.max_steps) if exp.max_steps > 0 else self.total_steps
-        self.eval_interval = max(1, self.steps_per_epoch // exp.eval_per_epoch)
 
         self.shared_params = list(self.model.bert.parameters())
         self.head_params = list(self.model.heads.parameters())
@@ -405,7 +404,7 @@ class Trainer:
             if self.step % 50 == 0 or self.step == self.stop_step:
                 self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss,
                           **{f"loss_{t}": v for t, v in losses.items()}, "lr": exp.lr * factor})
-            if self.step % self.eval_interval == 0 or self.step == self.stop_step:
+            if self.eval_due():
                 if self.is_main:  # the other ranks wait for it in their next collective call
                     result = self.evaluate()
                     self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch,
@@ -417,6 +416,11 @@ class Trainer:
                     self.save_checkpoint()  # on every rank: it gathers their random states
         bar.close()
         return self.finish(time.time() - t0, self.step - start_step)
+
+    def eval_due(self) -> bool:
+        """After each 1/eval_per_epoch of an epoch (rounded up to a whole step), and at the end."""
+        k, spe = self.exp.eval_per_epoch, self.steps_per_epoch
+        return (self.step * k) // spe > ((self.step - 1) * k) // spe or self.step == self.stop_step
 
     def finish(self, seconds: float, steps: int) -> dict:
         exp = self.exp
