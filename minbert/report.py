@@ -55,10 +55,18 @@ def write_table(runs_dir, out_md):
                                                                     "peak_memory_mb", "date", "command")},
                      "commit": r.get("commit")})
     commands = [f"- {r['preset']}: `{r['command']}`" for r in runs.values()]
+    short = [f"{n} ({r['global_step'] / r['steps_per_epoch']:.2f} epochs on {r['device'].split(' (')[0]})"
+             for n, r in runs.items() if r["global_step"] / r["steps_per_epoch"] < 10]
+    missing = [n for n in PRESETS if n != "glue" and n not in runs]
+    caveats = ""
+    if short:
+        caveats += f"\n**Shorter than the paper's 10 epochs:** {', '.join(short)}; not comparable to its numbers.\n"
+    if missing:
+        caveats += f"\n**Not run yet:** {', '.join(missing)}.\n"
     text = ("# CS224N multitask table: our runs beside the paper's\n\n"
             "Dev set scores of the best checkpoint (by overall score). overall = (SST + QQP + (STS + 1) / 2) / 3.\n"
             "Paper: Cortes, Hsieh & Fu, CS224N, bert-base-uncased, 10 epochs. Ours: the model and epochs in the row.\n"
-            "Peak memory is GPU memory allocated on CUDA, the process's peak RSS on CPU.\n\n"
+            "Peak memory is GPU memory allocated on CUDA, the process's peak RSS on CPU.\n" + caveats + "\n"
             + "\n".join(lines) + "\n\n## Commands\n\n" + "\n".join(commands) + "\n")
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
