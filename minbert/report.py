@@ -95,7 +95,9 @@ def run_seeds(exp: Experiment, seeds: list[int], out: str | None):
         results.append({"seed": s, **Trainer(run).train()})
     summary = summarize(results)
     timing = {k: statistics.mean(r[k] for r in results) for k in ("train_runtime", "peak_memory_mb")}
-    step_time = statistics.mean(r["train_runtime"] / max(1, r["train_steps"]) for r in results)
+    # Time of one update without evaluation (older runs lack update_ms: then wall time per step).
+    step_time = statistics.mean(r["update_ms"] / 1000 if "update_ms" in r else r["train_runtime"] / max(1, r["train_steps"])
+                                for r in results)
     lines = [f"# {exp.name}: {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
              "| metric | mean ± std |", "|---|---|"]
     lines += [f"| {k} | {100 * m:.2f} ± {100 * s:.2f} |" for k, (m, s) in summary.items()]
@@ -169,6 +171,8 @@ def compare_optimizers(task: str, seed_dirs: dict[str, str | Path], out_md: str 
     if "adam" in blocks and "mfac" in blocks:
         ratio = blocks["mfac"]["step_time_s"] / blocks["adam"]["step_time_s"]
         lines += ["", f"M-FAC step time / AdamW step time: {ratio:.2f}x (same machine, same runs as above)."]
+    lines += ["", "time / step: the mean time of one update (`update_ms` in all_results.json) where the run "
+              "recorded it, else the run's wall time over its steps, evaluation included."]
     first = next(iter(blocks.values()))["runs"][0]
     lines += ["", "## Runs", ""]
     for name, b in blocks.items():

@@ -180,6 +180,7 @@ class Trainer:
         self.best = {"overall": -math.inf}
         self.history: list[dict] = []
         self.nonfinite_skipped = 0
+        self.update_seconds = 0.0  # time in update() alone, without evaluation and checkpoints
 
     # ---------------------------------------------------------------- logging
 
@@ -395,7 +396,9 @@ class Trainer:
             for opt in self.optimizers:
                 for g in opt.param_groups:
                     g["lr"] = g["initial_lr"] * factor
+            t_update = time.perf_counter()
             losses = self.update(self.step)
+            self.update_seconds += time.perf_counter() - t_update
             self.step += 1
             loss = sum(losses.values())
             running = loss if running is None else 0.98 * running + 0.02 * loss
@@ -430,6 +433,7 @@ class Trainer:
         train_losses = [e["loss"] for e in self.history if "loss" in e]
         run = {
             "train_runtime": seconds, "train_steps": steps, "global_step": self.step,
+            "update_ms": 1000 * self.update_seconds / max(1, steps),
             "train_samples_per_second": samples / seconds if seconds else 0.0,
             "train_loss": sum(train_losses) / len(train_losses) if train_losses else float("nan"),
             "peak_memory_mb": peak_memory_mb(self.device), "device": self.device_name(), "world_size": self.world,
