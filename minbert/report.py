@@ -126,7 +126,8 @@ def run_sweep(exp: Experiment, t: int, f: float, p: int, out: str | None, comple
     def run_fn(run_id: int, start: float, stop: float) -> list[dict]:
         s = exp.seed + run_id
         run = dataclasses.replace(exp, seed=s, init_seed=s, data_seed=s, output_dir=str(out_dir / "runs" / f"run-{run_id}"))
-        trainer = Trainer(run, quiet=True)
+        print(f"sweep: run {run_id} (seed {s}) from {start:.2f} to {stop:.2f} of its budget", flush=True)
+        trainer = Trainer(run)  # its own progress bar
         trainer.stop_step = max(1, int(stop * trainer.total_steps + 1e-9))  # last evaluation at or before `stop`
         trainer.train()
         return [{"fraction": e["step"] / trainer.total_steps, "step": e["step"], "score": e[metric], "seed": s}
