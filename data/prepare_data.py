@@ -90,6 +90,16 @@ def check(path: Path, task: str, split: str) -> str:
     return summary
 
 
+def reported(status: str, rel: str, dst: Path, task: str, split: str) -> bool:
+    """Prints one line for a file in place; False if it does not read as its task's data."""
+    try:
+        print(f"  {status:8} {rel}  {size(dst.stat().st_size)}, {check(dst, task, split)}")
+        return True
+    except DataError as err:
+        print(f"  FAILED   {rel}: {err}")
+        return False
+
+
 def write_atomically(path: Path, data: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -117,11 +127,7 @@ def copy_from(source: Path, target: Path) -> int:
             write_atomically(dst, src.read_bytes())  # not copy2: the source may be read-only
             status = "copied"
             copied += 1
-        try:
-            print(f"  {status:8} {rel}  {size(dst.stat().st_size)}, {check(dst, task, split)}")
-        except DataError as err:
-            print(f"  FAILED   {rel}: {err}")
-            failed += 1
+        failed += not reported(status, rel, dst, task, split)
     print(f"{copied} copied, {same} already there, {missing} absent from {source}, {failed} failed -> {target}")
     if copied + same == 0:
         print(f"error: no data files under {source}; expected cs224n/*.csv and glue/<TASK>/*.tsv there")
@@ -191,11 +197,7 @@ def download_to(target: Path, force: bool) -> int:
             write_atomically(dst, data)
             status = "fetched"
             done += 1
-        try:
-            print(f"  {status:8} {rel}  {size(dst.stat().st_size)}, {check(dst, task, split)}")
-        except DataError as err:
-            print(f"  FAILED   {rel}: {err}")
-            failed += 1
+        failed += not reported(status, rel, dst, task, split)
     print(f"{done} downloaded, {same} already there, {failed} failed -> {target}")
     return 1 if failed else 0
 
