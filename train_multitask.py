@@ -25,6 +25,7 @@ import typing
 from minbert import distributed
 from minbert.experiments import PRESETS, Experiment, preset
 
+ADAMW_ARGS = {"betas", "eps", "foreach", "compile"}
 RUN_GLUE_ALIASES = {"model": ["--model_name_or_path"], "lr": ["--learning_rate"], "epochs": ["--num_train_epochs"],
                     "batch_size": ["--per_device_train_batch_size"], "max_length": ["--max_seq_length"]}
 
@@ -104,9 +105,9 @@ def resolve(args) -> Experiment:
         unknown = set(exp.optim_args) - known
         if unknown:
             raise ValueError(f"unknown M-FAC argument(s) {sorted(unknown)}; known: {sorted(known)}")
-    elif set(exp.optim_args) - {"betas", "eps", "foreach"}:
-        raise ValueError(f"unknown AdamW argument(s) {sorted(set(exp.optim_args) - {'betas', 'eps', 'foreach'})}; "
-                         f"known: betas, eps, foreach (lr and weight_decay have their own flags)")
+    elif set(exp.optim_args) - ADAMW_ARGS:
+        raise ValueError(f"unknown AdamW argument(s) {sorted(set(exp.optim_args) - ADAMW_ARGS)}; "
+                         f"known: {', '.join(sorted(ADAMW_ARGS))} (lr and weight_decay have their own flags)")
     return exp
 
 

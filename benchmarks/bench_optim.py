@@ -1,5 +1,5 @@
-"""AdamW step time: minbert.optim.AdamW (per-tensor loop, and torch._foreach_* kernels)
-against torch.optim.AdamW (per-tensor, foreach, fused) on the parameter shapes of a BERT.
+"""AdamW step time: minbert.optim.AdamW (per-tensor loop, torch._foreach_* kernels, and
+those through torch.compile) against torch.optim.AdamW (per-tensor, foreach, fused) on the parameter shapes of a BERT.
 
     python benchmarks/bench_optim.py --device cpu --threads 1 --configs minilm,bert-base
     python benchmarks/bench_optim.py --device cuda --configs bert-base --steps 50
@@ -27,6 +27,7 @@ HPARAMS = dict(lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 CONTENDERS = {  # name -> (optimizer class, extra arguments)
     "minbert loop": (AdamW, dict(foreach=False)),
     "minbert foreach": (AdamW, dict(foreach=True)),
+    "minbert compiled": (AdamW, dict(compile=True)),  # compiles during the warm-up
     "torch loop": (torch.optim.AdamW, dict(foreach=False)),
     "torch foreach": (torch.optim.AdamW, dict(foreach=True)),
     "torch fused": (torch.optim.AdamW, dict(fused=True)),

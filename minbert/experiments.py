@@ -63,6 +63,7 @@ class Experiment:
     attn_implementation: str = "sdpa"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA; CPU runs stay in float32
+    compile: bool = False  # torch.compile each encoder layer and AdamW's update (compiling takes a minute)
     bad_rows: str = "skip"  # what to do with malformed data rows: skip (counted, logged) | raise
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop | skip (the step, counted)
     # randomness: seed drives everything not set apart; init_seed the new heads, data_seed the order

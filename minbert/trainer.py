@@ -75,6 +75,7 @@ def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.opti
     if exp.optim == "adamw":
         decay = [p for n, p in named if p.dim() > 1]  # no decay on biases and LayerNorm
         rest = [p for n, p in named if p.dim() <= 1]
+        args.setdefault("compile", exp.compile)
         return [AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}], lr=exp.lr,
                       weight_decay=exp.weight_decay, **args)]
     only = [s for s in str(args.pop("only", "")).split(",") if s]
@@ -139,6 +140,11 @@ class Trainer:
         torch.manual_seed(self.init_seed)  # the new heads' initial weights
         self.model = MultitaskBert(bert, exp.heads, exp.pooling, exp.head_dropout, exp.binary_logit).to(self.device)
         self.model.train()
+        if exp.compile:  # one compiled graph serves every layer; dynamic: batch and length vary
+            from torch._functorch import config as functorch_config
+            functorch_config.donated_buffer = False  # PCGrad and SMART backpropagate twice (retain_graph)
+            for layer in self.model.bert.encoder.layer:
+                layer.compile(dynamic=True)  # in place: the state-dict keys stay as they are
         torch.manual_seed(seed + self.rank)  # dropout, SMART noise: each rank its own
 
         self.train_data, self.dev_data = {}, {}

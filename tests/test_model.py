@@ -49,9 +49,10 @@ def test_minilm_matches_transformers(minilm_dir, batch):
     real = ref[f"{batch}.attention_mask"].bool()
     got, want = out.last_hidden_state, ref[f"{batch}.last_hidden_state"]
     torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=0)
-    # Outputs at padding positions feed nothing downstream; their summation order differs
-    # with the thread count, so they get a relative tolerance on top (seen: 1.3e-5 on 1 thread).
-    torch.testing.assert_close(got[~real], want[~real], atol=1e-5, rtol=1e-5)
+    # Outputs at padding positions feed nothing downstream and depend on the summation order,
+    # which changes with the thread count and the CPU's vector unit (seen: 1.3e-5 on 1 thread,
+    # 8.4e-5 on an AVX-512 machine, against references made elsewhere): a looser bound there.
+    torch.testing.assert_close(got[~real], want[~real], atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(out.pooler_output, ref[f"{batch}.pooler_output"], atol=1e-5, rtol=0)
 
 

@@ -330,7 +330,7 @@ def test_nonfinite_skip_skips_the_step_and_counts_it(where, tiny_model, tiny_dat
     (["--preset", "nope"], "unknown preset 'nope'; choose one of baseline, multitask,"),
     (["--optim", "sgd"], "unknown optimizer 'sgd'; choose adamw or mfac"),
     (["--optim_args", '{"betas": [0.9, 0.98], "foo": 1}'],
-     "unknown AdamW argument(s) ['foo']; known: betas, eps, foreach"),
+     "unknown AdamW argument(s) ['foo']; known: betas, compile, eps, foreach"),
     (["--optim", "mfac", "--optim_args", "bogus=1"], "unknown M-FAC argument(s) ['bogus']; known: ["),
     (["--optim", "mfac", "--optim_args", "num_grads=100000000"], "M-FAC needs 40008.9 TB on cpu"),
     (["--model", "{tmp}/nope"], "no model folder at {tmp}/nope"),

@@ -269,3 +269,26 @@ def test_preset_takes_a_name_override():
 def test_head_must_fit_pair_input(name, heads):
     with pytest.raises(ValueError, match="head"):
         preset(name, heads=heads, tasks=tuple(heads) if name == "glue" else ("sst", "quora", "sts"))
+
+
+# ---------------------------------------------------------------- torch.compile
+
+def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tiny_model, tiny_data, tmp_path):
+    """--compile: the same state-dict keys (checkpoints load either way), the same outputs
+    as eager in eval mode, and a GSE + SMART run (several backward passes, gradients with
+    respect to the embeddings, varying sequence lengths) trains through it."""
+    def trainer(name, **kw):
+        return Trainer(tiny_experiment("smart-gse", tiny_model, tiny_data, tmp_path / name, max_steps=3,
+                                       max_eval_examples=8, save_checkpoints=False, **kw), quiet=True)
+    eager, compiled = trainer("eager"), trainer("compiled", compile=True)
+    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()
+    compiled.model.load_state_dict(eager.model.state_dict())
+    eager.model.eval(), compiled.model.eval()
+    with torch.no_grad():
+        for t in ("sst", "quora", "sts"):
+            batch = eager.train_batch(t, 0)
+            torch.testing.assert_close(compiled.model(t, batch), eager.model(t, batch), atol=1e-5, rtol=1e-5)
+    compiled.model.train()
+    result = compiled.train()
+    assert compiled.optimizers[0].compile
+    assert math.isfinite(result["train_loss"]) and math.isfinite(result["eval_overall"])

@@ -4,6 +4,12 @@ Decay Regularization", Algorithm 2; Adam of Kingma & Ba 2015, Algorithm 1).
 `step()` follows the paper's lines as numbered comments. A second code path does the same
 arithmetic over all tensors at once with torch._foreach_* kernels (one launch per
 operation instead of one per tensor), which matters on a GPU; tests keep the two equal.
+
+`compile=True` hands that foreach function to torch.compile, which fuses its eight
+passes over memory into one kernel, as torch's `fused=True` AdamW does by hand
+(docs/BENCHMARKS.md measures the three). The learning rate and bias corrections then go in
+as 0-d tensors: as Python numbers they would be baked into the compiled code, and every
+step would compile it again.
 """
 import math
 
@@ -12,7 +18,7 @@ import torch
 
 class AdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, foreach: bool | None = None):
+                 weight_decay: float = 0.01, foreach: bool | None = None, compile: bool = False):
         if lr < 0.0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
@@ -21,6 +27,7 @@ class AdamW(torch.optim.Optimizer):
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.foreach = foreach
+        self.compile = compile
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -42,7 +49,7 @@ class AdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)  # v: second moment
                 state["step"] += 1
             use_foreach = self.foreach if self.foreach is not None else True  # same math, fewer kernel launches
-            (self._update_foreach if use_foreach else self._update)(group, params)
+            (self._update_foreach if use_foreach or self.compile else self._update)(group, params)
         return loss
 
     def _update(self, group, params):
@@ -64,24 +71,46 @@ class AdamW(torch.optim.Optimizer):
             p.addcdiv_(m, denom, value=-lr / bc1)
 
     def _update_foreach(self, group, params):
-        """Steps 1-5 above, each as one multi-tensor kernel."""
-        beta1, beta2 = group["betas"]
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        grads = [p.grad for p in params]
-        ms = [self.state[p]["exp_avg"] for p in params]
-        vs = [self.state[p]["exp_avg_sq"] for p in params]
+        """Steps 1-5 above, each as one multi-tensor kernel (see adamw_foreach)."""
         # Tensors of one group can be at different steps (a parameter that first got a
         # gradient later); fall back to the loop then.
         steps = {self.state[p]["step"] for p in params}
         if len(steps) != 1:
             return self._update(group, params)
         t = steps.pop()
-        torch._foreach_mul_(params, 1.0 - lr * wd)
-        torch._foreach_lerp_(ms, grads, 1.0 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
-        bc1, bc2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denom, math.sqrt(bc2))
-        torch._foreach_add_(denom, eps)
+        beta1, beta2 = group["betas"]
+        lr, bc1, bc2 = group["lr"], 1.0 - beta1 ** t, 1.0 - beta2 ** t
+        update = adamw_foreach
+        if self.compile:
+            update = _compiled_adamw_foreach()
+            lr, bc1, bc2 = torch.tensor([lr, bc1, bc2], dtype=torch.float32).to(params[0].device).unbind()
+        update(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
+               [self.state[p]["exp_avg_sq"] for p in params], lr=lr, bc1=bc1, bc2=bc2,
+               beta1=beta1, beta2=beta2, eps=group["eps"], wd=group["weight_decay"])
+
+
+def adamw_foreach(params, grads, ms, vs, *, lr, bc1, bc2, beta1, beta2, eps, wd):
+    """AdamW._update's steps 1-5 over lists of tensors. lr and the bias corrections bc1,
+    bc2 are Python numbers, or 0-d tensors under torch.compile."""
+    torch._foreach_mul_(params, 1.0 - lr * wd)  # 1. decoupled weight decay
+    torch._foreach_lerp_(ms, grads, 1.0 - beta1)  # 2. first moment
+    torch._foreach_mul_(vs, beta2)  # 3. second moment
+    torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+    denom = torch._foreach_sqrt(vs)  # 4.-5. sqrt(v_hat) + eps
+    torch._foreach_div_(denom, bc2 ** 0.5)
+    torch._foreach_add_(denom, eps)
+    if isinstance(lr, torch.Tensor):  # addcdiv's value= only takes a number
+        torch._foreach_sub_(params, torch._foreach_mul(torch._foreach_div(ms, denom), lr / bc1))
+    else:
         torch._foreach_addcdiv_(params, ms, denom, value=-lr / bc1)
+
+
+_COMPILED = None
+
+
+def _compiled_adamw_foreach():
+    """adamw_foreach through torch.compile, built on first use (compiling takes seconds)."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(adamw_foreach, fullgraph=True)
+    return _COMPILED
