@@ -4,6 +4,7 @@
     python train_multitask.py --preset smart-gse --epochs 1 --max_steps 100
     python train_multitask.py --task_name mrpc --optim mfac --optim_args '{"num_grads": 512}'
     python train_multitask.py --table runs/ --out results/cs224n_table.md
+    python train_multitask.py --preset all --jobs 13            # every row at once (minbert/side_by_side.py)
 
 Every field of minbert.experiments.Experiment is a flag (`--lr`, `--epochs`, `--pooling`,
 ...); a preset sets some of them and the flags given here override the preset. The
@@ -57,7 +58,9 @@ def parse_heads(text: str) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default baseline)")
+    ap.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default baseline); several, "
+                                                   f"comma-separated, or 'all' (the CS224N table) run side by side")
+    ap.add_argument("--jobs", type=int, default=0, help="with several presets: how many run at once (default: all)")
     ap.add_argument("--task_name", default=None, help="GLUE-style single task (mrpc, stsb, sst2, qqp, ...): "
                                                       "the 'glue' preset on this task")
     ap.add_argument("--do_train", action="store_true", help="accepted for run_glue compatibility (always trains)")
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sweep", default=None, metavar="t,f,p",
                     help="start t runs, stop them at fraction f, continue the best p (Dodge et al. 2020)")
     ap.add_argument("--table", default=None, metavar="RUNS_DIR", help="collect finished runs into a results table")
-    ap.add_argument("--out", default=None, help="with --table/--seeds/--sweep: where the report goes")
+    ap.add_argument("--out", default=None, help="with --table/--seeds/--sweep/several presets: where the report goes")
     hints = typing.get_type_hints(Experiment)
     for f in dataclasses.fields(Experiment):
         names = [f"--{f.name}"] + RUN_GLUE_ALIASES.get(f.name, [])
@@ -111,9 +114,35 @@ def resolve(args) -> Experiment:
     return exp
 
 
+def several_presets(args) -> list[str]:
+    """--preset a,b,c or --preset all -> the names; one preset -> []."""
+    if args.preset == "all":
+        return [p for p in PRESETS if p != "glue"]
+    return args.preset.split(",") if args.preset and "," in args.preset else []
+
+
+def side_by_side(args, names: list[str]) -> int:
+    """Several presets, one process each (minbert/side_by_side.py); each is checked first."""
+    from pathlib import Path
+    from minbert.side_by_side import run_side_by_side
+    if args.task_name or args.seeds or args.sweep or args.name:
+        raise ValueError("several presets run one plain run each: leave out --task_name, --seeds, --sweep and --name")
+    if args.jobs < 0:
+        raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
+    for name in names:  # every preset's configuration is checked before any starts
+        resolve(argparse.Namespace(**{**vars(args), "preset": name}))
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Experiment)
+                 if getattr(args, f.name) is not None and f.name != "output_dir"}
+    runs_dir = Path(args.output_dir or "runs")
+    return run_side_by_side(names, overrides, args.jobs or len(names), runs_dir,
+                            Path(args.out or runs_dir / "cs224n_table.md"))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if several_presets(args):
+            return side_by_side(args, several_presets(args))
         if args.table:
             from minbert.report import write_table
             write_table(args.table, args.out or "results/cs224n_table.md")

@@ -51,6 +51,7 @@ class Experiment:
     steps_per_epoch: int = 0  # 0: derive it as above; -1: one pass over the (first) task's training set
     max_steps: int = 0  # > 0 caps the run (smoke tests)
     max_length: int = 128
+    bucket_window: int = 0  # > 1: batches of similar length, sorted within windows of this many (batches.py)
     # evaluation and output
     eval_per_epoch: int = 1
     eval_batch_size: int = 64
@@ -109,6 +110,8 @@ class Experiment:
         for name in ("epochs", "batch_size", "eval_per_epoch", "max_length", "eval_batch_size", "iters_mult"):
             if getattr(self, name) <= 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.bucket_window < 0:
+            bad(f"bucket_window must be >= 0, got {self.bucket_window}")
 
     @property
     def out_dir(self) -> Path:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from minbert import distributed, metrics
-from minbert.batches import Stream, collate, encode, eval_batches, to_device
+from minbert.batches import Bucketed, Stream, collate, encode, eval_batches, length_keys, to_device
 from minbert.data import TASKS, read_split
 from minbert.experiments import Experiment
 from minbert.heads import MultitaskBert
@@ -163,6 +163,9 @@ class Trainer:
         global_batch = exp.batch_size * self.world  # rank r trains on the r-th slice (train_batch)
         self.streams = {t: Stream(len(d), global_batch, self.data_seed, i)
                         for i, (t, d) in enumerate(self.train_data.items())}
+        if exp.bucket_window > 1:  # less padding: batches of similar lengths
+            self.streams = {t: Bucketed(s, length_keys(self.train_data[t]), exp.bucket_window)
+                            for t, s in self.streams.items()}
 
         n = {t: len(d) for t, d in self.train_data.items()}
         if exp.steps_per_epoch > 0:

@@ -11,7 +11,7 @@ from scipy import stats
 
 from minbert import BertConfig, BertModel
 from minbert import metrics
-from minbert.batches import Stream
+from minbert.batches import Bucketed, Stream
 from minbert.heads import HEADS, MultitaskBert, TaskHead
 
 H = 8  # hidden size of the vectors fed to the heads
@@ -235,6 +235,37 @@ def test_stream_passes_are_permutations():
     for p in passes:
         assert sorted(p) == list(range(10))
     assert len({tuple(p) for p in passes}) == 4  # each pass is shuffled anew
+
+
+def _padding(batches, lengths):
+    """Padded positions over real tokens, for batches padded to their longest member."""
+    real = sum(lengths[i] for b in batches for i in b)
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches) / real - 1
+
+
+@pytest.mark.parametrize("n,batch_size,window", [(100, 4, 5), (30, 8, 4), (7, 3, 2)])
+def test_bucketed_stream_regroups_each_window_by_length(n, batch_size, window):
+    lengths = [int(x) for x in torch.randint(5, 60, (n,), generator=torch.Generator().manual_seed(n))]
+    plain = Stream(n, batch_size, seed=3, task_index=1)
+    bucketed = Bucketed(Stream(n, batch_size, seed=3, task_index=1), lengths, window)
+    steps = 6 * window
+    got = [bucketed.batch_indices(s) for s in range(steps)]
+    want = [plain.batch_indices(s) for s in range(steps)]
+    for w in range(6):  # each window: the same examples as unbucketed, in full batches
+        span = slice(w * window, (w + 1) * window)
+        assert sorted(i for b in got[span] for i in b) == sorted(i for b in want[span] for i in b)
+        assert all(len(b) == batch_size for b in got[span])
+        # sorted then cut: one batch's longest is no longer than the next batch's shortest
+        by_length = sorted(got[span], key=lambda b: min(lengths[i] for i in b))
+        assert all(max(lengths[i] for i in a) <= min(lengths[i] for i in b) for a, b in zip(by_length, by_length[1:]))
+    assert _padding(got, lengths) < _padding(want, lengths)
+    # a pure function of the step: a fresh stream, asked out of order, gives the same batches
+    fresh = Bucketed(Stream(n, batch_size, seed=3, task_index=1), lengths, window)
+    for s in (steps - 1, 0, window, 1, steps - 1):
+        assert fresh.batch_indices(s) == got[s]
+    # and the order of the batches within a window is shuffled, not shortest first, in some window
+    assert any([min(lengths[i] for i in b) for b in got[w * window:(w + 1) * window]]
+               != sorted(min(lengths[i] for i in b) for b in got[w * window:(w + 1) * window]) for w in range(6))
 
 
 @pytest.mark.parametrize("n,batch_size", [(10, 4), (3, 8), (7, 7)])

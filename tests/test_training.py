@@ -11,6 +11,7 @@ import torch
 
 import train_multitask
 from conftest import tiny_experiment
+from minbert.batches import Bucketed
 from minbert.experiments import PRESETS, preset
 from minbert.trainer import Trainer, load_run
 
@@ -102,6 +103,8 @@ RESUME_CASES = {
     "gse-smart-bregman": ("smart-gse", dict(bregman_weight=1.0, lr_schedule="linear", warmup_ratio=0.34)),
     # M-FAC's gradient window, Gram matrix and step count
     "mfac": ("multitask", dict(optim="mfac", optim_args={"num_grads": 4})),
+    # length-bucketed batches: windows of 3 batches, the cut at step 4 falls inside the second
+    "bucketed": ("baseline", dict(bucket_window=3)),
 }
 
 
@@ -112,6 +115,7 @@ def test_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path)
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
 
     a = Trainer(tiny_experiment(name, tiny_model, tiny_data, a_dir, max_steps=0, **common), quiet=True)
+    assert all(isinstance(s, Bucketed) == (case == "bucketed") for s in a.streams.values())
     a.train()  # 6 steps, evaluated and checkpointed every 2
     b = Trainer(tiny_experiment(name, tiny_model, tiny_data, b_dir, max_steps=4, **common), quiet=True)
     b.train()  # cut off after step 4
@@ -249,6 +253,9 @@ def cli_exit_code(argv) -> int:
     (["--preset", "gse", "--update", "sideways"], "unknown update 'sideways'"),
     (["--preset", "gse", "--epochs", "0"], "epochs must be > 0"),
     (["--preset", "gse", "--lr", "fast"], "--lr"),
+    (["--preset", "gse,nope"], "unknown preset 'nope'"),  # several presets: each checked before any starts
+    (["--preset", "gse,smart", "--epochs", "0"], "epochs must be > 0"),
+    (["--preset", "gse,smart", "--seeds", "1,2"], "leave out --task_name, --seeds, --sweep and --name"),
 ])
 def test_cli_errors_stop_before_any_work(argv, message, tiny_model, tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
@@ -292,3 +299,44 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tiny_model, t
     result = compiled.train()
     assert compiled.optimizers[0].compile
     assert math.isfinite(result["train_loss"]) and math.isfinite(result["eval_overall"])
+
+
+# ---------------------------------------------------------------- several presets side by side
+
+def test_as_flags_round_trips_through_the_parser():
+    from minbert.side_by_side import as_flags
+    overrides = {"lr": 3e-5, "heads": {"sts": "cos-2d1"}, "tasks": ("sst", "sts"), "smart": True, "bf16": False,
+                 "optim_args": {"num_grads": 8, "damp": 1e-6}, "max_steps": 7, "model": "/x/y"}
+    args = train_multitask.build_parser().parse_args(as_flags(overrides))
+    assert {k: getattr(args, k) for k in overrides} == overrides
+
+
+def test_presets_side_by_side_write_runs_and_table(tiny_model, tiny_data, tmp_path, capsys):
+    """--preset a,b: one process per preset, each an ordinary run folder, then the table."""
+    runs = tmp_path / "runs"
+    argv = ["--preset", "baseline,gse,smart-gse", "--jobs", "2", "--model", str(tiny_model), "--data_dir",
+            str(tiny_data), "--output_dir", str(runs), "--device", "cpu", "--batch_size", "4", "--max_steps", "2",
+            "--max_eval_examples", "8", "--lr", "1e-3", "--no-save_checkpoints"]
+    assert train_multitask.main(argv) == 0
+    for name in ("baseline", "gse", "smart-gse"):
+        config = read_json(runs / name / "config.json")
+        assert config["name"] == name and config["lr"] == 1e-3 and config["save_checkpoints"] is False
+        assert read_json(runs / name / "all_results.json")["global_step"] == 2
+        assert "best overall" in (runs / name / "train.log").read_text()  # its output went there
+    record = read_json(runs / "side_by_side.json")
+    assert record["presets"] == ["baseline", "gse", "smart-gse"] and record["jobs"] == 2 and not record["failed"]
+    table = (runs / "cs224n_table.md").read_text()
+    assert "| smart-gse | 0." in table and "| pcgrad | not run |" in table
+
+
+def test_a_failed_preset_is_named_and_the_others_finish(tiny_model, tiny_data, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    (runs / "gse" / "checkpoint-1").mkdir(parents=True)  # unreadable: gse cannot resume
+    argv = ["--preset", "baseline,gse", "--model", str(tiny_model), "--data_dir", str(tiny_data),
+            "--output_dir", str(runs), "--device", "cpu", "--batch_size", "4", "--max_steps", "2",
+            "--max_eval_examples", "8"]
+    assert train_multitask.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"1 of 2 presets failed: gse (see {runs / 'gse' / 'train.log'})" in err
+    assert "cannot resume from" in (runs / "gse" / "train.log").read_text()
+    assert read_json(runs / "baseline" / "all_results.json")["global_step"] == 2

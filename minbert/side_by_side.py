@@ -1,0 +1,96 @@
+"""Several presets at once, one process each, on one machine: the CS224N table in one command.
+
+    python train_multitask.py --preset all --jobs 13          # every row of the table, side by side
+    python train_multitask.py --preset gse,smart-gse --epochs 1
+
+Why processes side by side: a MiniLM update of batch 8 is a few hundred small kernels,
+so one process leaves a big GPU idle while Python launches them; several processes keep
+it fed. (Under NVIDIA's MPS the kernels of different processes can also overlap; without
+it the GPU switches between them.) On a CPU the processes share the cores: each gets
+cores / jobs threads.
+
+Each preset runs the ordinary single-run command (`train_multitask.py --preset NAME` with
+the other flags as given) in <runs>/<NAME>, its output in <runs>/<NAME>/train.log, and
+resumes from its own checkpoint when the command is run again. One bar counts finished
+presets and shows each one's latest logged step; when all are done the CS224N table of
+the finished runs is written (runs/cs224n_table.md, or --out).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+SCRIPT = Path(__file__).resolve().parents[1] / "train_multitask.py"
+
+
+def as_flags(overrides: dict) -> list[str]:
+    """Experiment field values -> the command-line flags that set them again."""
+    flags = []
+    for name, value in overrides.items():
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        elif isinstance(value, dict):
+            flags += [f"--{name}", json.dumps(value)]
+        elif isinstance(value, tuple):
+            flags += [f"--{name}", ",".join(value)]
+        else:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
+def last_step(run_dir: Path) -> int:
+    """The latest step in a run's log.jsonl (written every 50 steps and at evaluations)."""
+    try:
+        lines = (run_dir / "log.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])["step"] if lines else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Path, table: Path) -> int:
+    """Train `names` in at most `jobs` processes at a time; returns 0 if every run finished."""
+    flags = as_flags(overrides)
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(names)))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}  # the log gets a line per 30 s
+    waiting, running, failed, t0 = list(names), {}, [], time.time()
+    bar = tqdm(total=len(names), desc=f"{len(names)} presets, {jobs} at a time", unit="preset", dynamic_ncols=True)
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            name = waiting.pop(0)
+            out = runs_dir / name
+            out.mkdir(parents=True, exist_ok=True)
+            log = open(out / "train.log", "a")
+            cmd = [sys.executable, str(SCRIPT), "--preset", name, *flags, "--output_dir", str(out)]
+            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        time.sleep(1.0)
+        for name, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[name]
+                bar.update(1)
+                if proc.returncode != 0:
+                    failed.append(name)
+                    tqdm.write(f"{name}: exited with {proc.returncode}; see {runs_dir / name / 'train.log'}")
+                else:
+                    tqdm.write(f"{name}: done")
+        bar.set_postfix_str(", ".join(f"{n} {last_step(runs_dir / n)}" for n in running))
+    bar.close()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    (runs_dir / "side_by_side.json").write_text(json.dumps({  # the wall time of the whole table
+        "presets": names, "jobs": jobs, "threads_per_process": threads, "failed": failed,
+        "wall_seconds": round(time.time() - t0, 1), "command": " ".join(sys.argv),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}, indent=2) + "\n")
+    from minbert.report import write_table
+    write_table(runs_dir, table)
+    if failed:
+        print(f"error: {len(failed)} of {len(names)} presets failed: "
+              + ", ".join(f"{n} (see {runs_dir / n / 'train.log'})" for n in failed), file=sys.stderr)
+        return 1
+    return 0
