@@ -3,6 +3,7 @@ minbert.trainer.Trainer, with AdamW and with M-FAC; M-FAC's time over AdamW's.
 
     python benchmarks/bench_train_step.py --device cpu --threads 1 --presets gse --mfac 32,256,1024
     python benchmarks/bench_train_step.py --device cuda --presets all --mfac none   # the 13 presets, AdamW
+    python benchmarks/bench_train_step.py --presets gse --mfac none --compile       # --compile against eager
 
 An "update" is Trainer.update(step): one batch per task and whatever the preset does
 with them (baseline: three optimizer steps, one per task; gse: a PCGrad step, then a
@@ -12,6 +13,9 @@ synthetic sentences of --synthetic_words words written to a temporary folder.
 M-FAC keeps an (m, d) float32 gradient buffer. Where m x d does not fit in 80% of the
 free memory, M-FAC gets only --mfac_subset (AdamW the rest), and the row says so.
 Each M-FAC row is timed interleaved with AdamW on the same Trainer, data and batches.
+With --compile, a second Trainer built with --compile (each encoder layer and AdamW's
+update through torch.compile, compiled in the untimed warm-up) is timed interleaved with
+the eager one on the same batches. (Bucketed batches: bench_padding.py.)
 """
 from __future__ import annotations
 
@@ -66,6 +70,17 @@ def mfac_setting(trainer: Trainer, m: int, subset: str, choice: str) -> tuple[di
     return {"num_grads": m, "only": subset}, f"{subset} (d={d_sub / 1e6:.2f}M)"
 
 
+def step_of(trainer: Trainer, opts: list):
+    """An update of `trainer` with these optimizers; each such function counts its own steps,
+    so every contender sees the same batches in the same order."""
+    step_no = itertools.count()
+
+    def run():
+        trainer.optimizers = opts
+        trainer.update(next(step_no))
+    return run
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="gse", help=f"comma-separated, or 'all': {', '.join(CS224N_PRESETS)}")
@@ -77,6 +92,7 @@ def main():
     ap.add_argument("--mfac_only", default="auto", choices=["auto", "all", "subset"],
                     help="auto: all parameters where the buffer fits in memory, else --mfac_subset")
     ap.add_argument("--mfac_subset", default="heads,bert.encoder.layer.5")
+    ap.add_argument("--compile", action="store_true", help="also time the update with --compile against eager")
     add_common_args(ap)
     args = ap.parse_args()
     device = setup(args)
@@ -98,12 +114,7 @@ def main():
         mode = "bf16 autocast" if trainer.amp else "fp32"
 
         def step(opts):
-            step_no = itertools.count()  # each contender sees the same batches in the same order
-
-            def run():
-                trainer.optimizers = opts
-                trainer.update(next(step_no))
-            return run
+            return step_of(trainer, opts)
 
         adamw = trainer.optimizers
         pairs = []
@@ -132,15 +143,26 @@ def main():
                          "median wall ms/update": f"{t.wall_ms:.0f}", "min CPU ms/update": f"{t.cpu_ms:.0f}",
                          "examples/s": f"{examples / t.wall_ms * 1e3:.1f}",
                          "M-FAC/AdamW": f"{t.ms / ms['adamw'].ms:.2f}x (AdamW {ms['adamw'].ms:.0f})"})
+        if args.compile:  # same preset, same batches, compiled: interleaved with the eager AdamW update
+            compiled = Trainer(dataclasses.replace(exp, compile=True), quiet=True)
+            ms = interleave({"eager": step_of(trainer, adamw), "compiled": step_of(compiled, compiled.optimizers)},
+                            device, args.warmup, args.steps, args.rounds)
+            t = ms["compiled"]
+            rows.append({"preset": name, "optimizer": "AdamW, --compile", "mode": mode,
+                         "median wall ms/update": f"{t.wall_ms:.0f}", "min CPU ms/update": f"{t.cpu_ms:.0f}",
+                         "examples/s": f"{examples / t.wall_ms * 1e3:.1f}",
+                         "vs eager": f"{t.ms / ms['eager'].ms:.2f}x (eager {ms['eager'].ms:.0f})"})
+            del compiled
         del trainer, adamw, pairs
 
     env = {**environment(device), "data": data, "batch_size": args.batch_size, "attn": args.attn}
     if len(names) > 1:
         env["all presets, AdamW, 10 epochs (min, no eval)"] = f"{total_min:.1f}"
     report(f"Training update (forward, backward, optimizer): M-FAC/AdamW = ratio of {clock(device)} time "
-           f"(AdamW's {clock(device)} ms in the same run), > 1: M-FAC slower", env, rows,
+           f"(AdamW's {clock(device)} ms in the same run), > 1: M-FAC slower; vs eager: --compile over eager",
+           env, rows,
            ["preset", "optimizer", "M-FAC params", "mode", "median wall ms/update", "min CPU ms/update", "examples/s",
-            "M-FAC/AdamW", "10 epochs (min, no eval)"], args.json)
+            "M-FAC/AdamW", "vs eager", "10 epochs (min, no eval)"], args.json)
 
 
 if __name__ == "__main__":
