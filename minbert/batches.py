@@ -54,7 +54,8 @@ def collate(data: Encoded, index: list[int], pad_id: int = 0) -> dict:
             input_ids[row, :len(ids)] = torch.tensor(ids)
             token_type_ids[row, :len(ids)] = torch.tensor(types)
             attention_mask[row, :len(ids)] = 1
-        segments.append({"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask})
+        segments.append({"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
+                         "padded": any(len(ids) < T for ids, _ in seqs)})  # known here, without a device sync
     labels = [data.labels[i] for i in index]
     batch = {"segments": segments, "ids": [data.ids[i] for i in index]}
     if all(lab is not None for lab in labels):
@@ -64,7 +65,8 @@ def collate(data: Encoded, index: list[int], pad_id: int = 0) -> dict:
 
 def to_device(batch: dict, device) -> dict:
     return {**batch,
-            "segments": [{k: v.to(device, non_blocking=True) for k, v in s.items()} for s in batch["segments"]],
+            "segments": [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in s.items()}
+                         for s in batch["segments"]],
             **({"labels": batch["labels"].to(device)} if "labels" in batch else {})}
 
 

@@ -118,7 +118,7 @@ class MultitaskBert(nn.Module):
     def from_embeds(self, task: str, batch: dict, embeds: list[torch.Tensor], return_vectors: bool = False):
         vectors = []
         for e, seg in zip(embeds, batch["segments"]):
-            out = self.bert.encode(e, seg["attention_mask"])
+            out = self.bert.encode(e, seg["attention_mask"] if seg.get("padded", True) else None)
             vectors.append(out.pooler_output if self.pooling == "pooler"
                            else pool(self.pooling, out.last_hidden_state, seg["attention_mask"]))
         output = self.heads[task](vectors)

@@ -184,16 +184,19 @@ class BertModel(nn.Module):
             layer.attention.self.use_sdpa = name == "sdpa"
 
     def encode(self, embedding_output, attention_mask=None) -> BertOutput:
-        """Runs the encoder and pooler on embedding-layer outputs (B, T, H).
-
-        Split from forward() so SMART can perturb the embeddings (smart.py)."""
-        keep = None  # no padding: no mask, which lets SDPA pick its fastest (flash) kernel on a GPU
-        if attention_mask is not None and (torch.compiler.is_compiling() or not attention_mask.all()):
+        """Runs the encoder and pooler on embedding-layer outputs (B, T, H); attention_mask
+        None means no padding. Split from forward() so SMART can perturb the embeddings."""
+        keep = None
+        if attention_mask is not None:
             keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcasts over heads and queries
         h = self.encoder(embedding_output, keep)
         return BertOutput(last_hidden_state=h, pooler_output=self.pooler(h))
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> BertOutput:
+        # No padding: no mask, which lets SDPA pick its fastest (flash) kernel on a GPU. Asking
+        # costs a device sync; the training loop knows the answer on the host (batches.collate).
+        if attention_mask is not None and not torch.compiler.is_compiling() and attention_mask.all():
+            attention_mask = None
         return self.encode(self.embeddings(input_ids, token_type_ids), attention_mask)
 
     @classmethod

@@ -11,7 +11,7 @@ from scipy import stats
 
 from minbert import BertConfig, BertModel
 from minbert import metrics
-from minbert.batches import Bucketed, Stream
+from minbert.batches import Bucketed, Encoded, Stream, collate
 from minbert.heads import HEADS, MultitaskBert, TaskHead
 
 H = 8  # hidden size of the vectors fed to the heads
@@ -209,6 +209,28 @@ def test_multitask_bert_pooling_ignores_padding(pooling):
     if pooling == "mean":  # the second row of a has 3 real tokens: mean of exactly those
         hidden = model.bert.encode(model.embed("sst", tight)[0], tight["segments"][0]["attention_mask"])
         assert torch.allclose(u[1], hidden.last_hidden_state[1, :3].mean(0), atol=1e-6)
+
+
+def test_collate_says_on_the_host_which_segments_are_padded(monkeypatch):
+    """The encoder gets no mask for a segment without padding (SDPA's fastest kernel), and
+    learns that from collate, not by asking the device (a sync per forward on a GPU)."""
+    data = Encoded(["x", "y"], [[([2, 5, 3], [0, 0, 0]), ([2, 6, 7, 3], [0, 0, 0, 0])],
+                                [([2, 8, 3], [0, 0, 0]), ([2, 9, 3], [0, 0, 0])]], [1, 0])
+    batch = collate(data, [0, 1])
+    assert [seg["padded"] for seg in batch["segments"]] == [False, True]
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    model = MultitaskBert(BertModel(config), {"quora": "concat"}, "mean").eval()
+    masks = []
+    encode = model.bert.encode
+    monkeypatch.setattr(model.bert, "encode", lambda e, mask: masks.append(mask) or encode(e, mask))
+    with torch.no_grad():
+        y = model("quora", batch)
+        unflagged = {"segments": [{k: v for k, v in seg.items() if k != "padded"} for seg in batch["segments"]]}
+        y_masked = model("quora", unflagged)  # without the flag: the mask always goes in
+    assert masks[0] is None and masks[1] is not None and masks[2] is not None
+    torch.testing.assert_close(y, y_masked, atol=1e-6, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- the batch stream
