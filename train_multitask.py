@@ -22,6 +22,7 @@ import dataclasses
 import json
 import sys
 import typing
+from pathlib import Path
 
 from minbert import distributed
 from minbert.experiments import PRESETS, Experiment, preset
@@ -118,31 +119,48 @@ def several_presets(args) -> list[str]:
     """--preset a,b,c or --preset all -> the names; one preset -> []."""
     if args.preset == "all":
         return [p for p in PRESETS if p != "glue"]
-    return args.preset.split(",") if args.preset and "," in args.preset else []
+    if not args.preset or "," not in args.preset:
+        return []
+    names = [n.strip() for n in args.preset.split(",")]
+    if "" in names or len(set(names)) < len(names):
+        raise ValueError(f"--preset {args.preset!r}: give each preset once, comma-separated, no empty names")
+    return names
 
 
 def side_by_side(args, names: list[str]) -> int:
     """Several presets, one process each (minbert/side_by_side.py); each is checked first."""
-    from pathlib import Path
     from minbert.side_by_side import run_side_by_side
-    if args.task_name or args.seeds or args.sweep or args.name:
-        raise ValueError("several presets run one plain run each: leave out --task_name, --seeds, --sweep and --name")
+    if args.task_name or args.seeds or args.sweep or args.name or args.table:
+        raise ValueError("several presets run one plain run each: leave out --task_name, --seeds, --sweep, "
+                         "--name and --table")
+    if distributed.launched():
+        raise ValueError("several presets start one process each: run the command without torchrun")
     if args.jobs < 0:
         raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
     for name in names:  # every preset's configuration is checked before any starts
-        resolve(argparse.Namespace(**{**vars(args), "preset": name}))
+        try:
+            exp = resolve(argparse.Namespace(**{**vars(args), "preset": name}))
+        except ValueError as e:
+            raise ValueError(f"preset {name}: {e}") from None
+        if args.print_config:
+            print(json.dumps(exp.to_dict(), indent=2))
+    if args.print_config:
+        return 0
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Experiment)
                  if getattr(args, f.name) is not None and f.name != "output_dir"}
     runs_dir = Path(args.output_dir or "runs")
-    return run_side_by_side(names, overrides, args.jobs or len(names), runs_dir,
+    return run_side_by_side(names, overrides, min(args.jobs or len(names), len(names)), runs_dir,
                             Path(args.out or runs_dir / "cs224n_table.md"))
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if several_presets(args):
-            return side_by_side(args, several_presets(args))
+        names = several_presets(args)
+        if names:
+            return side_by_side(args, names)
+        if args.jobs:
+            raise ValueError("--jobs is for several presets (--preset a,b,c or --preset all)")
         if args.table:
             from minbert.report import write_table
             write_table(args.table, args.out or "results/cs224n_table.md")

@@ -18,6 +18,7 @@ of mean CPU time on CPU (mean wall time on a GPU), < 1: bucketed is faster.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -76,16 +77,16 @@ def main():
         totals[w] = all_computed
         rows.append({"window": w, "task": "all", "real tokens": f"{all_real:,}",
                      "computed positions": f"{all_computed:,}", "padding": f"{all_computed / all_real - 1:.1%}",
-                     "positions vs window 0": f"{all_computed / totals[windows[0]]:.3f}x"})
+                     f"positions vs window {windows[0]}": f"{all_computed / totals[windows[0]]:.3f}x"})
     env = {**environment(device), "preset": args.preset, "batch_size": args.batch_size,
            "steps (one epoch)": steps, "model": trainer.exp.model}
-    report("Positions computed in one epoch of training batches, random (window 0) and length-bucketed",
-           env, rows, ["window", "task", "real tokens", "computed positions", "padding", "positions vs window 0"], None)
+    report("Positions computed in one epoch of training batches, random (window 0) and length-bucketed", env, rows,
+           ["window", "task", "real tokens", "computed positions", "padding", f"positions vs window {windows[0]}"], None)
 
     if args.time_steps > 0:
-        timed = {}
-        for w in (windows[0], windows[-1]):
-            step_no = iter(range(args.time_steps + args.warmup))
+        timed, first = {}, windows[0]
+        for w in (first, windows[-1]):
+            step_no = itertools.count()  # each stream from its step 0
 
             def run(w=w, step_no=step_no):
                 trainer.streams = streams[w]
@@ -94,18 +95,19 @@ def main():
         for run in timed.values():
             time_steps(run, device, args.warmup)
         times = {w: [] for w in timed}
-        rounds = args.rounds or args.time_steps
+        rounds = min(args.rounds or args.time_steps, args.time_steps)
         for _ in range(rounds):
             for w, run in timed.items():
-                times[w] += time_steps(run, device, max(1, args.time_steps // rounds))
+                times[w] += time_steps(run, device, args.time_steps // rounds)
         mean = {w: (statistics.mean(a for a, _ in t), statistics.mean(c for _, c in t)) for w, t in times.items()}
-        ref = mean[windows[0]][1 if device.type == "cpu" else 0]
+        ref = mean[first][1 if device.type == "cpu" else 0]
         rows = [{"window": w, "updates": len(times[w]), "mean wall ms/update": f"{wall:.1f}",
                  "mean CPU ms/update": f"{cpu:.1f}",
-                 "vs window 0": f"{(cpu if device.type == 'cpu' else wall) / ref:.3f}x"} for w, (wall, cpu) in mean.items()]
+                 f"vs window {first}": f"{(cpu if device.type == 'cpu' else wall) / ref:.3f}x"}
+                for w, (wall, cpu) in mean.items()]
         report(f"Training update ({args.preset}) on random vs bucketed batches, "
                f"ratio of mean {'CPU' if device.type == 'cpu' else 'wall'} time", environment(device), rows,
-               ["window", "updates", "mean wall ms/update", "mean CPU ms/update", "vs window 0"], args.json)
+               ["window", "updates", "mean wall ms/update", "mean CPU ms/update", f"vs window {first}"], args.json)
 
 
 if __name__ == "__main__":

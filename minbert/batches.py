@@ -105,6 +105,7 @@ class Bucketed:
             W, B = self.window, self.batch_size
             index = [i for s in range(w * W, (w + 1) * W) for i in self.stream.batch_indices(s)]
             index.sort(key=self.keys.__getitem__)  # stable: ties keep the random order
+            # the shuffle of window w: a seed of its own, below those of this task's passes (k >= 0)
             g = torch.Generator().manual_seed(self.stream.seed * 1_000_003 + self.stream.task_index * 10_007 - w - 1)
             self._windows = {w: [index[b * B:(b + 1) * B] for b in torch.randperm(W, generator=g).tolist()]}
         return self._windows[w]

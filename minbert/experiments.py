@@ -110,6 +110,8 @@ class Experiment:
         for name in ("epochs", "batch_size", "eval_per_epoch", "max_length", "eval_batch_size", "iters_mult"):
             if getattr(self, name) <= 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.lr < 0 or self.weight_decay < 0:
+            bad(f"lr and weight_decay must be >= 0, got {self.lr} and {self.weight_decay}")
         if self.bucket_window < 0:
             bad(f"bucket_window must be >= 0, got {self.bucket_window}")
 

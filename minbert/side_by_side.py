@@ -61,27 +61,33 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}  # the log gets a line per 30 s
     waiting, running, failed, t0 = list(names), {}, [], time.time()
     bar = tqdm(total=len(names), desc=f"{len(names)} presets, {jobs} at a time", unit="preset", dynamic_ncols=True)
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            name = waiting.pop(0)
-            out = runs_dir / name
-            out.mkdir(parents=True, exist_ok=True)
-            log = open(out / "train.log", "a")
-            cmd = [sys.executable, str(SCRIPT), "--preset", name, *flags, "--output_dir", str(out)]
-            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
-        time.sleep(1.0)
-        for name, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[name]
-                bar.update(1)
-                if proc.returncode != 0:
-                    failed.append(name)
-                    tqdm.write(f"{name}: exited with {proc.returncode}; see {runs_dir / name / 'train.log'}")
-                else:
-                    tqdm.write(f"{name}: done")
-        bar.set_postfix_str(", ".join(f"{n} {last_step(runs_dir / n)}" for n in running))
-    bar.close()
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                name = waiting.pop(0)
+                out = runs_dir / name
+                out.mkdir(parents=True, exist_ok=True)
+                log = open(out / "train.log", "a")
+                cmd = [sys.executable, str(SCRIPT), "--preset", name, *flags, "--output_dir", str(out)]
+                running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            time.sleep(1.0)
+            for name, (proc, log) in list(running.items()):
+                if proc.poll() is not None:
+                    log.close()
+                    del running[name]
+                    bar.update(1)
+                    if proc.returncode != 0:
+                        failed.append(name)
+                        tqdm.write(f"{name}: exited with {proc.returncode}; see {runs_dir / name / 'train.log'}")
+                    else:
+                        tqdm.write(f"{name}: done")
+            bar.set_postfix_str(", ".join(f"{n} {last_step(runs_dir / n)}" for n in running))
+    finally:  # interrupted (Ctrl-C, an error here): stop the children; their checkpoints let a rerun resume
+        for proc, log in running.values():
+            proc.terminate()
+            proc.wait()
+            log.close()
+        bar.close()
     runs_dir.mkdir(parents=True, exist_ok=True)
     (runs_dir / "side_by_side.json").write_text(json.dumps({  # the wall time of the whole table
         "presets": names, "jobs": jobs, "threads_per_process": threads, "failed": failed,

@@ -72,12 +72,12 @@ def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.opti
     with optim_args["only"], comma-separated) with AdamW on the rest."""
     args = dict(exp.optim_args)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    compile = args.pop("compile", exp.compile)
     if exp.optim == "adamw":
         decay = [p for n, p in named if p.dim() > 1]  # no decay on biases and LayerNorm
         rest = [p for n, p in named if p.dim() <= 1]
-        args.setdefault("compile", exp.compile)
         return [AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}], lr=exp.lr,
-                      weight_decay=exp.weight_decay, **args)]
+                      weight_decay=exp.weight_decay, compile=compile, **args)]
     only = [s for s in str(args.pop("only", "")).split(",") if s]
     if "buffer_dtype" in args:
         args["buffer_dtype"] = getattr(torch, str(args["buffer_dtype"]).removeprefix("torch."))
@@ -89,7 +89,7 @@ def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.opti
     args.setdefault("weight_decay", exp.weight_decay)
     opts = [MFAC(mine, **args)]
     if rest:
-        opts.append(AdamW(rest, lr=exp.lr, weight_decay=exp.weight_decay))
+        opts.append(AdamW(rest, lr=exp.lr, weight_decay=exp.weight_decay, compile=compile))
     return opts
 
 
@@ -164,8 +164,14 @@ class Trainer:
         self.streams = {t: Stream(len(d), global_batch, self.data_seed, i)
                         for i, (t, d) in enumerate(self.train_data.items())}
         if exp.bucket_window > 1:  # less padding: batches of similar lengths
-            self.streams = {t: Bucketed(s, length_keys(self.train_data[t]), exp.bucket_window)
-                            for t, s in self.streams.items()}
+            for t, d in self.train_data.items():
+                # a window longer than one pass would sort repeats of an example into one batch
+                window = min(exp.bucket_window, len(d) // global_batch)
+                if window < exp.bucket_window:
+                    self.say(f"{t}: bucket window {window}, not {exp.bucket_window}: a window holds at most one pass "
+                             f"over its {len(d)} examples" + ("; no bucketing" if window < 2 else ""))
+                if window >= 2:
+                    self.streams[t] = Bucketed(self.streams[t], length_keys(d), window)
 
         n = {t: len(d) for t, d in self.train_data.items()}
         if exp.steps_per_epoch > 0:
@@ -476,6 +482,7 @@ def load_run(run_dir: str | Path, device: str = "auto", which: str = "best") -> 
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.json")
     exp = Experiment.from_dict(json.loads((run_dir / "config.json").read_text()))
     exp.device, exp.output_dir = device, str(run_dir)
+    exp.compile = False  # predicting once does not repay compiling
     trainer = Trainer(exp, quiet=True)
     weights = run_dir / "best" / "model.safetensors" if which == "best" else trainer.checkpoints()[-1] / "model.safetensors"
     if not weights.exists():

@@ -64,6 +64,28 @@ def test_state_dict_round_trip_continues_exactly():
     torch.testing.assert_close(a.weight, b.weight, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("compile", [False, True])
+def test_tensors_at_different_steps_in_one_group(compile):
+    """The baseline preset steps the encoder once per task and each head once: one group,
+    several step counts. foreach (and compiled) updates equal the per-tensor loop."""
+    torch.manual_seed(0)
+    nets = [torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)]) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [AdamW(nets[0].parameters(), lr=1e-2, weight_decay=0.1, foreach=False),
+            AdamW(nets[1].parameters(), lr=1e-2, weight_decay=0.1, foreach=True, compile=compile)]
+    for step in range(6):
+        x = torch.randn(3, 4)
+        for net, opt in zip(nets, opts):
+            opt.zero_grad(set_to_none=True)
+            h = net[0](x)
+            loss = (net[1](h) ** 2).mean() if step % 2 else (h ** 2).mean()  # the head: every other step
+            loss.backward()
+            opt.step()
+    assert {s["step"] for s in opts[1].state.values()} == {6, 3}
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_bad_arguments():
     p = [torch.nn.Parameter(torch.zeros(1))]
     for kw in (dict(lr=-1), dict(betas=(1.0, 0.9)), dict(weight_decay=-0.1)):

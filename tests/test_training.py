@@ -255,7 +255,11 @@ def cli_exit_code(argv) -> int:
     (["--preset", "gse", "--lr", "fast"], "--lr"),
     (["--preset", "gse,nope"], "unknown preset 'nope'"),  # several presets: each checked before any starts
     (["--preset", "gse,smart", "--epochs", "0"], "epochs must be > 0"),
-    (["--preset", "gse,smart", "--seeds", "1,2"], "leave out --task_name, --seeds, --sweep and --name"),
+    (["--preset", "gse,smart", "--seeds", "1,2"], "leave out --task_name, --seeds, --sweep, --name and --table"),
+    (["--preset", "gse,smart", "--lr", "-1"], "preset gse: experiment 'gse': lr and weight_decay must be >= 0"),
+    (["--preset", "gse,gse"], "give each preset once"),
+    (["--preset", "gse,"], "no empty names"),
+    (["--preset", "gse", "--jobs", "2"], "--jobs is for several presets"),
 ])
 def test_cli_errors_stop_before_any_work(argv, message, tiny_model, tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
@@ -280,7 +284,7 @@ def test_head_must_fit_pair_input(name, heads):
 
 # ---------------------------------------------------------------- torch.compile
 
-def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tiny_model, tiny_data, tmp_path):
+def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tiny_model, tiny_data, tmp_path, monkeypatch):
     """--compile: the same state-dict keys (checkpoints load either way), the same outputs
     as eager in eval mode, and a GSE + SMART run (several backward passes, gradients with
     respect to the embeddings, varying sequence lengths) trains through it."""
@@ -296,8 +300,11 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tiny_model, t
             batch = eager.train_batch(t, 0)
             torch.testing.assert_close(compiled.model(t, batch), eager.model(t, batch), atol=1e-5, rtol=1e-5)
     compiled.model.train()
+    import minbert.optim.adamw as adamw
+    calls = []
+    monkeypatch.setattr(adamw, "_compiled_adamw_foreach", lambda f=adamw._compiled_adamw_foreach: calls.append(1) or f())
     result = compiled.train()
-    assert compiled.optimizers[0].compile
+    assert len(calls) >= 2 * 3  # every optimizer step took the compiled update (2 steps x 3 updates, or more)
     assert math.isfinite(result["train_loss"]) and math.isfinite(result["eval_overall"])
 
 
@@ -329,6 +336,16 @@ def test_presets_side_by_side_write_runs_and_table(tiny_model, tiny_data, tmp_pa
     assert "| smart-gse | 0." in table and "| pcgrad | not run |" in table
 
 
+def test_several_presets_print_config_and_start_nothing(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert train_multitask.main(["--preset", "gse,smart-gse", "--print_config", "--output_dir", str(runs)]) == 0
+    text = capsys.readouterr().out
+    first, end = json.JSONDecoder().raw_decode(text)
+    second, _ = json.JSONDecoder().raw_decode(text[end:].lstrip())
+    assert (first["name"], second["name"], second["smart"]) == ("gse", "smart-gse", True)
+    assert not runs.exists()
+
+
 def test_a_failed_preset_is_named_and_the_others_finish(tiny_model, tiny_data, tmp_path, capsys):
     runs = tmp_path / "runs"
     (runs / "gse" / "checkpoint-1").mkdir(parents=True)  # unreadable: gse cannot resume
@@ -340,3 +357,16 @@ def test_a_failed_preset_is_named_and_the_others_finish(tiny_model, tiny_data, t
     assert f"1 of 2 presets failed: gse (see {runs / 'gse' / 'train.log'})" in err
     assert "cannot resume from" in (runs / "gse" / "train.log").read_text()
     assert read_json(runs / "baseline" / "all_results.json")["global_step"] == 2
+
+
+def test_bucket_window_is_capped_at_one_pass(tiny_model, tiny_data, tmp_path):
+    """A window longer than a pass would sort repeats of an example into one batch."""
+    trainer = Trainer(tiny_experiment("baseline", tiny_model, tiny_data, tmp_path, bucket_window=100), quiet=True)
+    for t, stream in trainer.streams.items():
+        assert isinstance(stream, Bucketed) and stream.window == len(trainer.train_data[t]) // 4  # 48 examples, batch 4
+        for s in range(3 * stream.window):
+            batch = stream.batch_indices(s)
+            assert len(set(batch)) == len(batch), (t, s, batch)
+    big_batch = Trainer(tiny_experiment("baseline", tiny_model, tiny_data, tmp_path, bucket_window=4, batch_size=32),
+                        quiet=True)
+    assert not any(isinstance(s, Bucketed) for s in big_batch.streams.values())  # one batch per pass: nothing to sort

@@ -72,21 +72,21 @@ class AdamW(torch.optim.Optimizer):
 
     def _update_foreach(self, group, params):
         """Steps 1-5 above, each as one multi-tensor kernel (see adamw_foreach)."""
-        # Tensors of one group can be at different steps (a parameter that first got a
-        # gradient later); fall back to the loop then.
-        steps = {self.state[p]["step"] for p in params}
-        if len(steps) != 1:
-            return self._update(group, params)
-        t = steps.pop()
+        # Tensors of one group can be at different steps: the baseline preset steps the
+        # encoder once per task and each head once. One call per step count.
+        by_step: dict[int, list] = {}
+        for p in params:
+            by_step.setdefault(self.state[p]["step"], []).append(p)
         beta1, beta2 = group["betas"]
-        lr, bc1, bc2 = group["lr"], 1.0 - beta1 ** t, 1.0 - beta2 ** t
-        update = adamw_foreach
-        if self.compile:
-            update = _compiled_adamw_foreach()
-            lr, bc1, bc2 = torch.tensor([lr, bc1, bc2], dtype=torch.float32).to(params[0].device).unbind()
-        update(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
-               [self.state[p]["exp_avg_sq"] for p in params], lr=lr, bc1=bc1, bc2=bc2,
-               beta1=beta1, beta2=beta2, eps=group["eps"], wd=group["weight_decay"])
+        for t, ps in by_step.items():
+            lr, bc1, bc2 = group["lr"], 1.0 - beta1 ** t, 1.0 - beta2 ** t
+            update = adamw_foreach
+            if self.compile:
+                update = _compiled_adamw_foreach()
+                lr, bc1, bc2 = torch.tensor([lr, bc1, bc2], dtype=torch.float32).to(ps[0].device).unbind()
+            update(ps, [p.grad for p in ps], [self.state[p]["exp_avg"] for p in ps],
+                   [self.state[p]["exp_avg_sq"] for p in ps], lr=lr, bc1=bc1, bc2=bc2,
+                   beta1=beta1, beta2=beta2, eps=group["eps"], wd=group["weight_decay"])
 
 
 def adamw_foreach(params, grads, ms, vs, *, lr, bc1, bc2, beta1, beta2, eps, wd):
@@ -109,8 +109,9 @@ _COMPILED = None
 
 
 def _compiled_adamw_foreach():
-    """adamw_foreach through torch.compile, built on first use (compiling takes seconds)."""
+    """adamw_foreach through torch.compile, built on first use (compiling takes seconds). Each
+    new list of shapes compiles once more; past torch's recompile limit it runs eagerly."""
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = torch.compile(adamw_foreach, fullgraph=True)
+        _COMPILED = torch.compile(adamw_foreach)
     return _COMPILED
