@@ -129,7 +129,9 @@ def several_presets(args) -> list[str]:
 
 def side_by_side(args, names: list[str]) -> int:
     """Several presets, one process each (minbert/side_by_side.py); each is checked first."""
+    from minbert.data import PREPARE_HINT, TASKS, DataError
     from minbert.side_by_side import run_side_by_side
+    from minbert.weights import resolve_model_dir
     if args.task_name or args.seeds or args.sweep or args.name or args.table:
         raise ValueError("several presets run one plain run each: leave out --task_name, --seeds, --sweep, "
                          "--name and --table")
@@ -144,6 +146,13 @@ def side_by_side(args, names: list[str]) -> int:
             raise ValueError(f"preset {name}: {e}") from None
         if args.print_config:
             print(json.dumps(exp.to_dict(), indent=2))
+            continue
+        resolve_model_dir(exp.model)  # what would stop every preset is said once, before any starts
+        for t in exp.tasks:
+            for split in ("train", "dev"):
+                if not (Path(exp.data_dir) / TASKS[t].files[split]).is_file():
+                    raise DataError(Path(exp.data_dir) / TASKS[t].files[split], None, "file not found",
+                                    f"the {t} data file there", PREPARE_HINT)
     if args.print_config:
         return 0
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Experiment)
@@ -166,7 +175,7 @@ def main(argv=None) -> int:
             write_table(args.table, args.out or "results/cs224n_table.md")
             return 0
         exp = resolve(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # FileNotFoundError included; OSError: a hub id while offline
         print(f"error: {e}", file=sys.stderr)
         return 2
     if distributed.is_main():

@@ -7,7 +7,7 @@ Counts (exact, no timing): over one epoch of the preset's training batches (755 
 batch 8 on the CS224N data), the positions the encoder computes, real and padded, for each
 task: random batches (window 0, the paper's and our default) against bucketed ones
 (batches.Bucketed: sort the examples of `window` consecutive batches by length, cut and
-shuffle). A segment is padded to its longest member in the batch; siamese pairs are two
+shuffle; at most one pass long, as in training). A segment is padded to its longest member in the batch; siamese pairs are two
 segments. "padding" = padded positions / real tokens.
 
 Timing (with --time_steps N): Trainer.update of the preset on the first N steps of the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds minbert/ and benchmarks/
 from benchmarks.common import SHARED, add_common_args, environment, report, setup, time_steps  # noqa: E402
-from minbert.batches import Bucketed, length_keys  # noqa: E402
+from minbert.batches import bucketed, length_keys  # noqa: E402
 from minbert.experiments import preset  # noqa: E402
 from minbert.trainer import Trainer  # noqa: E402
 
@@ -47,6 +47,7 @@ def positions(trainer: Trainer, stream, task: str, steps: int) -> tuple[int, int
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="baseline")
+    ap.add_argument("--model", default=None, help="model folder (default: the preset's, all-MiniLM-L6-v2)")
     ap.add_argument("--data_dir", default=str(SHARED / "data"))
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--windows", default="0,8,32,128", help="comma-separated bucket windows; 0: random batches")
@@ -60,11 +61,11 @@ def main():
     windows = [int(w) for w in args.windows.split(",")]
 
     tmp = tempfile.TemporaryDirectory()
+    model = {"model": args.model} if args.model else {}
     trainer = Trainer(preset(args.preset, data_dir=args.data_dir, device=str(device), batch_size=args.batch_size,
-                             max_eval_examples=1, save_checkpoints=False, output_dir=tmp.name), quiet=True)
+                             max_eval_examples=1, save_checkpoints=False, output_dir=tmp.name, **model), quiet=True)
     plain = dict(trainer.streams)
-    streams = {w: plain if w <= 1 else {t: Bucketed(s, length_keys(trainer.train_data[t]), w) for t, s in plain.items()}
-               for w in windows}
+    streams = {w: {t: bucketed(s, length_keys(trainer.train_data[t]), w) for t, s in plain.items()} for w in windows}
 
     steps, rows, totals = trainer.steps_per_epoch, [], {}
     for w, by_task in streams.items():

@@ -114,6 +114,13 @@ class Bucketed:
         return self._batches(step // self.window)[step % self.window]
 
 
+def bucketed(stream: Stream, keys: list, window: int) -> Stream | Bucketed:
+    """The stream, bucketed in windows of at most one pass: a longer window would sort
+    repeats of an example into one batch. Unchanged where a pass holds under two batches."""
+    window = min(window, stream.n // stream.batch_size)
+    return Bucketed(stream, keys, window) if window >= 2 else stream
+
+
 def length_keys(data: Encoded) -> list[tuple[int, int]]:
     """Per example (longest segment, all tokens). Each segment is padded to its own longest in
     the batch, so sorting pairs by their longer side pads less than by their sum

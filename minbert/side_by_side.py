@@ -13,7 +13,8 @@ Each preset runs the ordinary single-run command (`train_multitask.py --preset N
 the other flags as given) in <runs>/<NAME>, its output in <runs>/<NAME>/train.log, and
 resumes from its own checkpoint when the command is run again. One bar counts finished
 presets and shows each one's latest logged step; when all are done the CS224N table of
-the finished runs is written (runs/cs224n_table.md, or --out).
+the finished runs is written (runs/cs224n_table.md, or --out), and a line with this
+command's wall time is added to runs/side_by_side.jsonl.
 """
 from __future__ import annotations
 
@@ -89,10 +90,10 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
             log.close()
         bar.close()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    (runs_dir / "side_by_side.json").write_text(json.dumps({  # the wall time of the whole table
-        "presets": names, "jobs": jobs, "threads_per_process": threads, "failed": failed,
-        "wall_seconds": round(time.time() - t0, 1), "command": " ".join(sys.argv),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}, indent=2) + "\n")
+    with open(runs_dir / "side_by_side.jsonl", "a") as f:  # the table's wall time; a resumed table adds a line
+        f.write(json.dumps({"presets": names, "jobs": jobs, "threads_per_process": threads, "failed": failed,
+                            "wall_seconds": round(time.time() - t0, 1), "command": " ".join(sys.argv),
+                            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}) + "\n")
     from minbert.report import write_table
     write_table(runs_dir, table)
     if failed:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from minbert import distributed, metrics
-from minbert.batches import Bucketed, Stream, collate, encode, eval_batches, length_keys, to_device
+from minbert.batches import Stream, bucketed, collate, encode, eval_batches, length_keys, to_device
 from minbert.data import TASKS, read_split
 from minbert.experiments import Experiment
 from minbert.heads import MultitaskBert
@@ -165,13 +165,11 @@ class Trainer:
                         for i, (t, d) in enumerate(self.train_data.items())}
         if exp.bucket_window > 1:  # less padding: batches of similar lengths
             for t, d in self.train_data.items():
-                # a window longer than one pass would sort repeats of an example into one batch
-                window = min(exp.bucket_window, len(d) // global_batch)
+                self.streams[t] = bucketed(self.streams[t], length_keys(d), exp.bucket_window)
+                window = getattr(self.streams[t], "window", 1)
                 if window < exp.bucket_window:
                     self.say(f"{t}: bucket window {window}, not {exp.bucket_window}: a window holds at most one pass "
                              f"over its {len(d)} examples" + ("; no bucketing" if window < 2 else ""))
-                if window >= 2:
-                    self.streams[t] = Bucketed(self.streams[t], length_keys(d), window)
 
         n = {t: len(d) for t, d in self.train_data.items()}
         if exp.steps_per_epoch > 0:

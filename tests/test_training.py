@@ -260,12 +260,14 @@ def cli_exit_code(argv) -> int:
     (["--preset", "gse,gse"], "give each preset once"),
     (["--preset", "gse,"], "no empty names"),
     (["--preset", "gse", "--jobs", "2"], "--jobs is for several presets"),
+    (["--preset", "gse,smart", "--data_dir", "{tmp}/nope"], "{tmp}/nope/cs224n/ids-sst-train.csv: file not found"),
+    (["--preset", "gse,smart", "--model", "{tmp}/nope"], "no model folder at {tmp}/nope"),
 ])
 def test_cli_errors_stop_before_any_work(argv, message, tiny_model, tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--model", str(tiny_model), "--data_dir", str(tiny_data), "--output_dir", str(out), "--device", "cpu"]
-    assert cli_exit_code(argv + common) == 2
-    assert message in capsys.readouterr().err
+    assert cli_exit_code(common + [a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2  # argv's flags win
+    assert message.replace("{tmp}", str(tmp_path)) in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -330,8 +332,9 @@ def test_presets_side_by_side_write_runs_and_table(tiny_model, tiny_data, tmp_pa
         assert config["name"] == name and config["lr"] == 1e-3 and config["save_checkpoints"] is False
         assert read_json(runs / name / "all_results.json")["global_step"] == 2
         assert "best overall" in (runs / name / "train.log").read_text()  # its output went there
-    record = read_json(runs / "side_by_side.json")
+    record, = [json.loads(line) for line in (runs / "side_by_side.jsonl").read_text().splitlines()]
     assert record["presets"] == ["baseline", "gse", "smart-gse"] and record["jobs"] == 2 and not record["failed"]
+    assert record["wall_seconds"] > 0
     table = (runs / "cs224n_table.md").read_text()
     assert "| smart-gse | 0." in table and "| pcgrad | not run |" in table
 
