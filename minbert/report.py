@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -29,38 +30,61 @@ def _fmt(x, digits=3):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def write_table(runs_dir, out_md):
-    """results/cs224n_table.md (+ .json): our dev scores beside the paper's, one row per preset."""
-    runs = {r["preset"]: r for r in read_runs(runs_dir) if r["preset"] in PRESETS and r["preset"] != "glue"}
+def table_row(run: dict) -> dict:
+    """A finished run (read_runs) -> its row of the CS224N table, as the table's .json keeps it."""
+    return {"preset": run["preset"], "ours": {m: run.get(m) for m in TABLE_METRICS},
+            "epochs_done": run["global_step"] / run["steps_per_epoch"], "epochs": run["config"]["epochs"],
+            **{k: run[k] for k in ("model", "train_runtime", "device", "peak_memory_mb", "date", "command")},
+            "commit": run.get("commit")}
+
+
+def planned_epochs(command: str) -> float:
+    """The epochs a command asked for (rows written before tables kept them), else the default."""
+    found = re.search(r"--(?:epochs|num_train_epochs)[ =]([0-9.]+)", command)
+    return float(found.group(1)) if found else Experiment.epochs
+
+
+def write_table(runs_dir, out_md, keep: bool = True):
+    """results/cs224n_table.md (+ .json): our dev scores beside the paper's, one row per preset.
+
+    With `keep`, the rows of the table already at out_md stay for presets that runs_dir holds
+    no run of, so a table can be filled over several sessions or machines; every row keeps
+    its own command, device, date and commit."""
+    out_md = Path(out_md)
+    rows = {r["preset"]: table_row(r) for r in read_runs(runs_dir) if r["preset"] in PRESETS and r["preset"] != "glue"}
+    kept = []
+    if keep and out_md.with_suffix(".json").exists():
+        for row in json.loads(out_md.with_suffix(".json").read_text()):
+            if row.get("ours") and row["preset"] in PRESETS and row["preset"] not in rows:
+                rows[row["preset"]] = {"epochs": planned_epochs(row["command"]), **row}
+                kept.append(row["preset"])
     lines = ["| preset | SST | QQP | STS | overall | paper SST / QQP / STS / overall | model | epochs | "
              "wall time | device | peak memory | date | commit |", "|" + "---|" * 13]
-    rows = []
+    table = []
     for name, (_, paper) in PRESETS.items():
         if name == "glue":
             continue
         paper_txt = "N/A (out of memory)" if paper is None else " / ".join(f"{p:.3f}" for p in paper)
-        r = runs.get(name)
+        r = rows.get(name)
         if r is None:
             lines.append(f"| {name} | not run | | | | {paper_txt} | | | | | | | |")
-            rows.append({"preset": name, "paper": paper, "ours": None})
+            table.append({"preset": name, "paper": paper, "ours": None})
             continue
-        ours = [r.get(m) for m in TABLE_METRICS]
-        epochs_done = r["global_step"] / r["steps_per_epoch"]
         lines.append(
-            f"| {name} | " + " | ".join(_fmt(x) for x in ours) + f" | {paper_txt} | {Path(r['model']).name} | "
-            f"{epochs_done:.2f} of {r['config']['epochs']:g} | {r['train_runtime'] / 60:.1f} min | {r['device']} | "
-            f"{r['peak_memory_mb'] / 1024:.2f} GiB | {r['date']} | {r.get('commit', '?')} |")
-        rows.append({"preset": name, "paper": paper, "ours": dict(zip(TABLE_METRICS, ours)),
-                     "epochs_done": epochs_done, **{k: r[k] for k in ("model", "train_runtime", "device",
-                                                                    "peak_memory_mb", "date", "command")},
-                     "commit": r.get("commit")})
-    commands = [f"- {r['preset']}: `{r['command']}`" for r in runs.values()]
-    short = [f"{n} ({r['global_step'] / r['steps_per_epoch']:.2f} epochs on {r['device'].split(' (')[0]})"
-             for n, r in runs.items() if r["global_step"] / r["steps_per_epoch"] < 10]
-    missing = [n for n in PRESETS if n != "glue" and n not in runs]
+            f"| {name} | " + " | ".join(_fmt(r["ours"][m]) for m in TABLE_METRICS) + f" | {paper_txt} | "
+            f"{Path(r['model']).name} | {r['epochs_done']:.2f} of {r['epochs']:g} | {r['train_runtime'] / 60:.1f} min | "
+            f"{r['device']} | {r['peak_memory_mb'] / 1024:.2f} GiB | {r['date']} | {r.get('commit') or '?'} |")
+        table.append({**r, "paper": paper})
+    ran = [r for r in table if r["ours"]]
+    commands = [f"- {r['preset']}: `{r['command']}`" for r in ran]
+    short = [f"{r['preset']} ({r['epochs_done']:.2f} epochs on {r['device'].split(' (')[0]})"
+             for r in ran if r["epochs_done"] < 10]
+    missing = [r["preset"] for r in table if not r["ours"]]
     caveats = ""
     if short:
         caveats += f"\n**Shorter than the paper's 10 epochs:** {', '.join(short)}; not comparable to its numbers.\n"
+    if kept:
+        caveats += f"\n**Kept from this table's earlier version** (no run of them in {runs_dir}): {', '.join(kept)}.\n"
     if missing:
         caveats += f"\n**Not run yet:** {', '.join(missing)}.\n"
     text = ("# CS224N multitask table: our runs beside the paper's\n\n"
@@ -68,10 +92,9 @@ def write_table(runs_dir, out_md):
             "Paper: Cortes, Hsieh & Fu, CS224N, bert-base-uncased, 10 epochs. Ours: the model and epochs in the row.\n"
             "Peak memory is GPU memory allocated on CUDA, the process's peak RSS on CPU.\n" + caveats + "\n"
             + "\n".join(lines) + "\n\n## Commands\n\n" + "\n".join(commands) + "\n")
-    out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
-    out_md.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    out_md.with_suffix(".json").write_text(json.dumps(table, indent=2) + "\n")
     print(text)
 
 

@@ -129,6 +129,7 @@ class Trainer:
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
         self.exp, self.quiet = exp, quiet or not self.is_main
+        self.commit = git_commit()  # of the code that runs, read now: the tree may change before the run ends
         self.out = exp.out_dir
         self.amp = exp.bf16 and self.device.type == "cuda"
         seed = exp.seed
@@ -416,7 +417,7 @@ class Trainer:
             loss = sum(losses.values())
             running = loss if running is None else 0.98 * running + 0.02 * loss
             bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}")
+            bar.set_postfix(loss=f"{running:.4f}", refresh=False)  # shown at the next redraw, not a line per step in a log
             if self.step % 50 == 0 or self.step == self.stop_step:
                 self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss,
                           **{f"loss_{t}": v for t, v in losses.items()}, "lr": exp.lr * factor})
@@ -453,7 +454,7 @@ class Trainer:
             "nonfinite_skipped": self.nonfinite_skipped, "steps_per_epoch": self.steps_per_epoch,
             "epochs": exp.epochs, "model": exp.model, "preset": exp.name,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
-            "commit": git_commit(),
+            "commit": self.commit,
         }
         if not self.is_main:
             return {**best, **run}

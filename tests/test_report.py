@@ -82,3 +82,33 @@ def test_sweep_report(tiny_model, tiny_data, tmp_path):
         assert (tmp_path / "sweep" / f).stat().st_size > 0
     runs = json.loads((tmp_path / "sweep" / "runs.json").read_text())
     assert len(runs["runs"]) == 3
+
+
+def test_table_keeps_earlier_rows_of_presets_it_has_no_run_of(gse_run, tmp_path):
+    """A table filled over several sessions: a new runs folder adds and replaces rows, and
+    keeps the others with their own command and date."""
+    out = tmp_path / "table.md"
+    report.write_table(gse_run.parent, out)
+    gse_row = next(r for r in json.loads(out.with_suffix(".json").read_text()) if r["preset"] == "gse")
+    other = tmp_path / "later"
+    (other / "baseline").mkdir(parents=True)
+    for f in ("all_results.json", "config.json"):
+        data = json.loads((gse_run / f).read_text())
+        data.update({"preset": "baseline", "command": "train_multitask.py --preset baseline --epochs 1"}
+                    if f == "all_results.json" else {"name": "baseline", "epochs": 1})
+        (other / "baseline" / f).write_text(json.dumps(data))
+    report.write_table(other, out)
+    rows = {r["preset"]: r for r in json.loads(out.with_suffix(".json").read_text())}
+    assert rows["gse"]["ours"] == gse_row["ours"] and rows["gse"]["command"] == gse_row["command"]  # kept
+    assert rows["baseline"]["command"].endswith("--epochs 1") and rows["baseline"]["epochs"] == 1  # added
+    text = out.read_text()
+    assert "**Kept from this table's earlier version** (no run of them in" in text and ": gse." in text
+    assert f"- gse: `{gse_row['command']}`" in text and "| smart | not run |" in text
+    report.write_table(other, out, keep=False)
+    assert "| gse | not run |" in out.read_text()
+
+
+def test_planned_epochs_from_a_command():
+    assert report.planned_epochs("train_multitask.py --preset gse --epochs 1 --eval_per_epoch 2") == 1
+    assert report.planned_epochs("train_multitask.py --task_name mrpc --num_train_epochs=5") == 5
+    assert report.planned_epochs("train_multitask.py --preset gse") == 10
