@@ -61,6 +61,7 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(names)))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}  # the log gets a line per 30 s
     waiting, running, failed, t0 = list(names), {}, [], time.time()
+    shown = t0
     bar = tqdm(total=len(names), desc=f"{len(names)} presets, {jobs} at a time", unit="preset", dynamic_ncols=True)
     try:
         while waiting or running:
@@ -82,7 +83,9 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
                         tqdm.write(f"{name}: exited with {proc.returncode}; see {runs_dir / name / 'train.log'}")
                     else:
                         tqdm.write(f"{name}: done")
-            bar.set_postfix_str(", ".join(f"{n} {last_step(runs_dir / n)}" for n in running))
+            if time.time() - shown > 10:  # the steps reached, every 10 s (a line each time in a log file)
+                bar.set_postfix_str(", ".join(f"{n} {last_step(runs_dir / n)}" for n in running))
+                shown = time.time()
     finally:  # interrupted (Ctrl-C, an error here): stop the children; their checkpoints let a rerun resume
         for proc, log in running.values():
             proc.terminate()
