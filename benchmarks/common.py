@@ -133,9 +133,25 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def cpu_model() -> str:
+    """The host CPU's name from /proc/cpuinfo (Linux), with its widest vector unit."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    vector = next((v for v in ("amx_tile", "avx512f", "avx2") if v in flags), "")
+    return f"{name}, {vector}" if vector else name
+
+
 def environment(device: torch.device) -> dict:
+    from minbert.trainer import git_commit
     env = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device_name(device),
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "command": " ".join(sys.argv)}
+           "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "commit": git_commit(), "command": " ".join(sys.argv)}
+    if "transformers" in sys.modules:  # the reference, where the script compares against it
+        env["transformers"] = sys.modules["transformers"].__version__
     if hasattr(os, "getloadavg"):  # other jobs on the machine while we measured
         env["load_average_1min"] = round(os.getloadavg()[0], 2)
     return env

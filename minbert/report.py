@@ -40,8 +40,28 @@ def table_row(run: dict) -> dict:
 
 def planned_epochs(command: str) -> float:
     """The epochs a command asked for (rows written before tables kept them), else the default."""
-    found = re.search(r"--(?:epochs|num_train_epochs)[ =]([0-9.]+)", command)
-    return float(found.group(1)) if found else Experiment.epochs
+    found = re.findall(r"--(?:epochs|num_train_epochs)[ =]([0-9.eE+-]+)", command)
+    return float(found[-1]) if found else Experiment.epochs  # the last one, as argparse reads them
+
+
+def earlier_rows(path: Path) -> list[dict]:
+    """The rows with our numbers in a table's .json written by write_table; [] if none."""
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except ValueError:
+        rows = None
+    shown = {"preset", "ours", "epochs_done", "model", "train_runtime", "device", "peak_memory_mb", "date", "command"}
+    if not (isinstance(rows, list) and all(isinstance(r, dict) and {"preset", "ours"} <= r.keys() for r in rows)
+            and all(shown <= r.keys() for r in rows if r["ours"])):
+        raise ValueError(f"{path} is not a CS224N table written by this project; write the table elsewhere "
+                         f"with --out, or move {path.name} away")
+    rows = [r for r in rows if r["ours"]]
+    retired = [r["preset"] for r in rows if r["preset"] not in PRESETS]
+    if retired:
+        print(f"warning: {path}: rows of presets that no longer exist are dropped: {', '.join(retired)}")
+    return [r for r in rows if r["preset"] in PRESETS]
 
 
 def write_table(runs_dir, out_md, keep: bool = True):
@@ -52,12 +72,13 @@ def write_table(runs_dir, out_md, keep: bool = True):
     its own command, device, date and commit."""
     out_md = Path(out_md)
     rows = {r["preset"]: table_row(r) for r in read_runs(runs_dir) if r["preset"] in PRESETS and r["preset"] != "glue"}
-    kept = []
-    if keep and out_md.with_suffix(".json").exists():
-        for row in json.loads(out_md.with_suffix(".json").read_text()):
-            if row.get("ours") and row["preset"] in PRESETS and row["preset"] not in rows:
-                rows[row["preset"]] = {"epochs": planned_epochs(row["command"]), **row}
-                kept.append(row["preset"])
+    kept, replaced = [], []
+    for row in earlier_rows(out_md.with_suffix(".json")) if keep else []:
+        if row["preset"] in rows:
+            replaced.append(row["preset"])
+        else:
+            rows[row["preset"]] = {"epochs": planned_epochs(row["command"]), **row}
+            kept.append(row["preset"])
     lines = ["| preset | SST | QQP | STS | overall | paper SST / QQP / STS / overall | model | epochs | "
              "wall time | device | peak memory | date | commit |", "|" + "---|" * 13]
     table = []
@@ -85,6 +106,8 @@ def write_table(runs_dir, out_md, keep: bool = True):
         caveats += f"\n**Shorter than the paper's 10 epochs:** {', '.join(short)}; not comparable to its numbers.\n"
     if kept:
         caveats += f"\n**Kept from this table's earlier version** (no run of them in {runs_dir}): {', '.join(kept)}.\n"
+    if replaced:
+        caveats += f"\n**Replaced by the runs in {runs_dir}:** {', '.join(replaced)}.\n"
     if missing:
         caveats += f"\n**Not run yet:** {', '.join(missing)}.\n"
     text = ("# CS224N multitask table: our runs beside the paper's\n\n"

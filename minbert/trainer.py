@@ -129,7 +129,7 @@ class Trainer:
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
         self.exp, self.quiet = exp, quiet or not self.is_main
-        self.commit = git_commit()  # of the code that runs, read now: the tree may change before the run ends
+        self.commits = [git_commit()]  # of the code that runs, read now; a resumed run adds its own
         self.out = exp.out_dir
         self.amp = exp.bf16 and self.device.type == "cuda"
         seed = exp.seed
@@ -194,7 +194,10 @@ class Trainer:
         self.best = {"overall": -math.inf}
         self.history: list[dict] = []
         self.nonfinite_skipped = 0
+        # The cost of the work kept, across resumed sessions (a checkpoint carries it on):
         self.update_seconds = 0.0  # time in update() alone, without evaluation and checkpoints
+        self.earlier_seconds, self.earlier_peak_mb = 0.0, 0.0  # wall time and peak memory of earlier sessions
+        self.session_start = time.time()
 
     # ---------------------------------------------------------------- logging
 
@@ -342,6 +345,9 @@ class Trainer:
             state["rank_rngs"] = rngs
         if self.teacher is not None:
             state["teacher"] = self.teacher.module.state_dict()
+        state["cost"] = {"seconds": self.earlier_seconds + time.time() - self.session_start,
+                         "update_seconds": self.update_seconds, "commits": self.commits,
+                         "peak_memory_mb": max(self.earlier_peak_mb, peak_memory_mb(self.device))}
         torch.save(state, tmp / "state.pt")
         os.replace(tmp, self.out / f"checkpoint-{self.step}")
         for old in self.checkpoints()[:-1]:
@@ -373,6 +379,11 @@ class Trainer:
             self.teacher.module.load_state_dict(state["teacher"])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.nonfinite_skipped = state["nonfinite_skipped"]
+        if "cost" in state:  # checkpoints written before it was kept lack it
+            cost = state["cost"]
+            self.earlier_seconds, self.update_seconds = cost["seconds"], cost["update_seconds"]
+            self.earlier_peak_mb = cost["peak_memory_mb"]
+            self.commits = cost["commits"] + [c for c in self.commits if c not in cost["commits"]]
         # log.jsonl may hold lines written after this checkpoint: rewrite it from the history.
         if self.is_main:
             (self.out / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.history))
@@ -397,12 +408,17 @@ class Trainer:
         resumed = self.resume()
         if not resumed and self.is_main:
             (self.out / "log.jsonl").write_text("")
+        finished = resumed and self.step >= self.stop_step and (self.out / "all_results.json").exists()
+        if distributed.broadcast(finished):  # the same command again: nothing to do, the record stands
+            self.say(f"{exp.name}: already finished at step {self.step}; results in {self.out}")
+            return json.loads((self.out / "all_results.json").read_text())
         self.say(f"{exp.name}: {self.total_steps} steps ({self.steps_per_epoch}/epoch), update={exp.update}, "
                  f"smart={exp.smart}, optim={exp.optim}, device={self.device}, tasks={','.join(exp.tasks)}"
                  + (f", {self.world} processes of batch {exp.batch_size}" if self.world > 1 else ""))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        start_step, t0 = self.step, time.time()
+        start_step = self.step
+        self.session_start = time.time()
         bar = tqdm(total=self.stop_step, initial=self.step, desc=exp.name, disable=self.quiet, dynamic_ncols=True)
         running = None
         while self.step < self.stop_step:
@@ -432,29 +448,33 @@ class Trainer:
                 if exp.save_checkpoints:
                     self.save_checkpoint()  # on every rank: it gathers their random states
         bar.close()
-        return self.finish(time.time() - t0, self.step - start_step)
+        return self.finish(self.step - start_step)
 
     def eval_due(self) -> bool:
         """After each 1/eval_per_epoch of an epoch (rounded up to a whole step), and at the end."""
         k, spe = self.exp.eval_per_epoch, self.steps_per_epoch
         return (self.step * k) // spe > ((self.step - 1) * k) // spe or self.step == self.stop_step
 
-    def finish(self, seconds: float, steps: int) -> dict:
+    def finish(self, steps: int) -> dict:
+        """The run's record. train_runtime, update_ms, samples/s and peak memory cover all the
+        work kept, over resumed sessions too; train_steps counts this session's steps."""
         exp = self.exp
         best = {f"eval_{k}": v for k, v in self.best.items() if k != "step"}
         best["epoch"] = self.best.get("step", 0) / self.steps_per_epoch
-        samples = steps * exp.batch_size * self.world * len(exp.tasks)
+        seconds = self.earlier_seconds + time.time() - self.session_start
+        samples = self.step * exp.batch_size * self.world * len(exp.tasks)
         train_losses = [e["loss"] for e in self.history if "loss" in e]
         run = {
             "train_runtime": seconds, "train_steps": steps, "global_step": self.step,
-            "update_ms": 1000 * self.update_seconds / max(1, steps),
+            "update_ms": 1000 * self.update_seconds / max(1, self.step),
             "train_samples_per_second": samples / seconds if seconds else 0.0,
             "train_loss": sum(train_losses) / len(train_losses) if train_losses else float("nan"),
-            "peak_memory_mb": peak_memory_mb(self.device), "device": self.device_name(), "world_size": self.world,
+            "peak_memory_mb": max(self.earlier_peak_mb, peak_memory_mb(self.device)), "device": self.device_name(),
+            "world_size": self.world,
             "nonfinite_skipped": self.nonfinite_skipped, "steps_per_epoch": self.steps_per_epoch,
             "epochs": exp.epochs, "model": exp.model, "preset": exp.name,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
-            "commit": self.commit,
+            "commit": ",".join(self.commits),
         }
         if not self.is_main:
             return {**best, **run}

@@ -112,3 +112,20 @@ def test_planned_epochs_from_a_command():
     assert report.planned_epochs("train_multitask.py --preset gse --epochs 1 --eval_per_epoch 2") == 1
     assert report.planned_epochs("train_multitask.py --task_name mrpc --num_train_epochs=5") == 5
     assert report.planned_epochs("train_multitask.py --preset gse") == 10
+    assert report.planned_epochs("x --num_train_epochs 3 --epochs 1e-1") == 0.1  # the last, as argparse
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"environment": {}, "results": []}', '[{"preset": "gse"}]'])
+def test_table_refuses_to_overwrite_a_json_it_did_not_write(gse_run, tmp_path, content):
+    out = tmp_path / "table.md"
+    out.with_suffix(".json").write_text(content)
+    with pytest.raises(ValueError, match="is not a CS224N table written by this project"):
+        report.write_table(gse_run.parent, out)
+    assert out.with_suffix(".json").read_text() == content and not out.exists()  # nothing lost
+
+
+def test_table_says_which_rows_a_new_run_replaced(gse_run, tmp_path):
+    out = tmp_path / "table.md"
+    report.write_table(gse_run.parent, out)
+    report.write_table(gse_run.parent, out)
+    assert f"**Replaced by the runs in {gse_run.parent}:** gse." in out.read_text()

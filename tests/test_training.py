@@ -120,9 +120,17 @@ def test_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path)
     b = Trainer(tiny_experiment(name, tiny_model, tiny_data, b_dir, max_steps=4, **common), quiet=True)
     b.train()  # cut off after step 4
     assert [p.name for p in b.checkpoints()] == ["checkpoint-4"]
+    cost = torch.load(b_dir / "checkpoint-4" / "state.pt", weights_only=True)["cost"]
     c = Trainer(tiny_experiment(name, tiny_model, tiny_data, b_dir, max_steps=0, **common), quiet=True)
     result = c.train()
     assert result["train_steps"] == 2 and result["global_step"] == 6  # it resumed, it did not start again
+    # the record covers both sessions: B's time up to its checkpoint, then C's
+    assert 0 < cost["seconds"] < result["train_runtime"] and result["commit"] == ",".join(cost["commits"])
+    assert result["update_ms"] * 6 > 1000 * cost["update_seconds"]
+    # the same command once more: nothing to train, and the record is left as it was
+    record = (b_dir / "all_results.json").read_text()
+    again = Trainer(tiny_experiment(name, tiny_model, tiny_data, b_dir, max_steps=0, **common), quiet=True).train()
+    assert again == read_json(b_dir / "all_results.json") and (b_dir / "all_results.json").read_text() == record
 
     assert_same_weights(a.model, c.model)
     if a.teacher is not None:
