@@ -27,6 +27,14 @@ def one_thread():
 
 
 @pytest.fixture
+def compiler():
+    """torch.compile on a CPU writes C++ and builds it: it needs a compiler on the PATH."""
+    import shutil
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("torch.compile on CPU needs a C++ compiler (g++, c++ or clang++); none on the PATH")
+
+
+@pytest.fixture
 def minilm_dir():
     return need(MINILM, "all-MiniLM-L6-v2 weights")
 

@@ -65,7 +65,9 @@ def test_state_dict_round_trip_continues_exactly():
 
 
 @pytest.mark.parametrize("compile", [False, True])
-def test_tensors_at_different_steps_in_one_group(compile):
+def test_tensors_at_different_steps_in_one_group(compile, request):
+    if compile:
+        request.getfixturevalue("compiler")
     """The baseline preset steps the encoder once per task and each head once: one group,
     several step counts. foreach (and compiled) updates equal the per-tensor loop."""
     torch.manual_seed(0)
@@ -93,7 +95,7 @@ def test_bad_arguments():
             AdamW(p, **kw)
 
 
-def test_compiled_update_matches_eager_and_compiles_once():
+def test_compiled_update_matches_eager_and_compiles_once(compiler):
     """compile=True: the same numbers as the foreach path, and changing lr (a schedule)
     does not compile again: lr and the bias corrections go in as tensors."""
     from torch._dynamo.utils import counters

@@ -294,7 +294,8 @@ def test_head_must_fit_pair_input(name, heads):
 
 # ---------------------------------------------------------------- torch.compile
 
-def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tiny_model, tiny_data, tmp_path, monkeypatch):
+def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tiny_model, tiny_data, tmp_path, monkeypatch,
+                                                                   compiler):
     """--compile: the same state-dict keys (checkpoints load either way), the same outputs
     as eager in eval mode, and a GSE + SMART run (several backward passes, gradients with
     respect to the embeddings, varying sequence lengths) trains through it."""
