@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds minbert/ and benchmarks/
-from benchmarks.common import SHARED, add_common_args, environment, report, setup, time_steps  # noqa: E402
+from benchmarks.common import SHARED, add_common_args, alternate, environment, report, setup  # noqa: E402
 from minbert.batches import bucketed, length_keys  # noqa: E402
 from minbert.experiments import preset  # noqa: E402
 from minbert.trainer import Trainer  # noqa: E402
@@ -93,13 +93,8 @@ def main():
                 trainer.streams = streams[w]
                 trainer.update(next(step_no))
             timed[w] = run
-        for run in timed.values():
-            time_steps(run, device, args.warmup)
-        times = {w: [] for w in timed}
         rounds = min(args.rounds or args.time_steps, args.time_steps)
-        for _ in range(rounds):
-            for w, run in timed.items():
-                times[w] += time_steps(run, device, args.time_steps // rounds)
+        times = alternate(timed, device, args.warmup, args.time_steps, rounds)  # means: the batches differ
         mean = {w: (statistics.mean(a for a, _ in t), statistics.mean(c for _, c in t)) for w, t in times.items()}
         ref = mean[first][1 if device.type == "cpu" else 0]
         rows = [{"window": w, "updates": len(times[w]), "mean wall ms/update": f"{wall:.1f}",

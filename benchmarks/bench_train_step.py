@@ -113,22 +113,21 @@ def main():
         examples = exp.batch_size * len(exp.tasks)
         mode = "bf16 autocast" if trainer.amp else "fp32"
 
-        def step(opts):
-            return step_of(trainer, opts)
-
         adamw = trainer.optimizers
         pairs = []
         for m in sizes:
             optim_args, params = mfac_setting(trainer, m, args.mfac_subset, args.mfac_only)
             mfac = build_optimizers(trainer.model, dataclasses.replace(exp, optim="mfac", optim_args=optim_args))
-            ms = interleave({"adamw": step(adamw), "mfac": step(mfac)}, device, args.warmup, args.steps, args.rounds)
+            ms = interleave({"adamw": step_of(trainer, adamw), "mfac": step_of(trainer, mfac)}, device,
+                            args.warmup, args.steps, args.rounds)
             pairs.append((m, params, ms))
             trainer.optimizers = adamw  # let this M-FAC buffer go before the next is made
             del mfac
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # so the next fit check sees the memory as free
         if not pairs:  # AdamW alone
-            pairs.append((None, None, interleave({"adamw": step(adamw)}, device, args.warmup, args.steps, 1)))
+            alone = interleave({"adamw": step_of(trainer, adamw)}, device, args.warmup, args.steps, 1)
+            pairs.append((None, None, alone))
 
         first = pairs[0][2]["adamw"]
         minutes = first.wall_ms * trainer.total_steps / 6e4

@@ -97,8 +97,9 @@ def clock(device: torch.device) -> str:
     return "min CPU" if device.type == "cpu" else "median wall"
 
 
-def interleave(steps: dict, device: torch.device, warmup: int, n: int, rounds: int) -> dict[str, Timing]:
-    """{name: step fn} -> {name: Timing}: warm each up, then alternate rounds of timed steps."""
+def alternate(steps: dict, device: torch.device, warmup: int, n: int, rounds: int) -> dict[str, list]:
+    """{name: step fn} -> {name: [(wall ms, CPU ms) per step]}: warm each up, then alternate
+    rounds of timed steps (rounds 0: alternate every step)."""
     for step in steps.values():
         time_steps(step, device, warmup)
     times = {name: [] for name in steps}
@@ -107,8 +108,13 @@ def interleave(steps: dict, device: torch.device, warmup: int, n: int, rounds: i
     for _ in range(rounds):
         for name, step in steps.items():
             times[name] += time_steps(step, device, per_round)
+    return times
+
+
+def interleave(steps: dict, device: torch.device, warmup: int, n: int, rounds: int) -> dict[str, Timing]:
+    """{name: step fn} -> {name: Timing} over alternating rounds (see `alternate`)."""
     return {name: Timing(statistics.median(w for w, _ in t), min(c for _, c in t), device.type)
-            for name, t in times.items()}
+            for name, t in alternate(steps, device, warmup, n, rounds).items()}
 
 
 def peak_tflops(device: torch.device, bf16: bool) -> float | None:

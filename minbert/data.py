@@ -134,13 +134,26 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
     return TASKS[task]
 
 
-def read_split(task: str | TaskSpec, data_dir, split: str, on_error: str = "raise") -> Examples:
-    """Read one split ("train", "dev" or "test") of a task from the data folder.
-    Test files are read without labels."""
+def split_path(task: str | TaskSpec, data_dir, split: str) -> Path:
+    """Where one split ("train", "dev" or "test") of a task lies in the data folder; a
+    DataError saying how to get it if nothing is there."""
     spec = get_task(task)
     if split not in spec.files:
         raise ValueError(f"unknown split {split!r} for task {spec.name}; known splits: {', '.join(spec.files)}")
-    return read_file(spec, Path(data_dir) / spec.files[split], labeled=split != "test", on_error=on_error)
+    path = Path(data_dir) / spec.files[split]
+    if not path.exists():
+        raise _not_found(spec, path)
+    return path
+
+
+def _not_found(spec: TaskSpec, path: Path) -> DataError:
+    return DataError(path, None, "file not found", f"the {spec.name} data file there", PREPARE_HINT)
+
+
+def read_split(task: str | TaskSpec, data_dir, split: str, on_error: str = "raise") -> Examples:
+    """Read one split ("train", "dev" or "test") of a task from the data folder.
+    Test files are read without labels."""
+    return read_file(task, split_path(task, data_dir, split), labeled=split != "test", on_error=on_error)
 
 
 def read_file(task: str | TaskSpec, path, labeled: bool, on_error: str = "raise") -> Examples:
@@ -152,7 +165,7 @@ def read_file(task: str | TaskSpec, path, labeled: bool, on_error: str = "raise"
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise DataError(path, None, "file not found", f"the {spec.name} data file there", PREPARE_HINT) from None
+        raise _not_found(spec, path) from None
     lines, bad_bytes = _decode_lines(data)
     if not any(line.strip() for line in lines):
         raise DataError(path, 1, "the file is empty", "a header line and one example per line")
