@@ -129,7 +129,7 @@ def several_presets(args) -> list[str]:
 
 def side_by_side(args, names: list[str]) -> int:
     """Several presets, one process each (minbert/side_by_side.py); each is checked first."""
-    from minbert.data import split_path
+    from minbert.data import not_found, split_path
     from minbert.side_by_side import run_side_by_side
     from minbert.weights import resolve_model_dir
     if args.task_name or args.seeds or args.sweep or args.name or args.table:
@@ -149,8 +149,9 @@ def side_by_side(args, names: list[str]) -> int:
             continue
         resolve_model_dir(exp.model)  # what would stop every preset is said once, before any starts
         for t in exp.tasks:
-            for split in ("train", "dev"):
-                split_path(t, exp.data_dir, split)  # a DataError naming the file and how to get it
+            for path in (split_path(t, exp.data_dir, "train"), split_path(t, exp.data_dir, "dev")):
+                if not path.exists():
+                    raise not_found(t, path)
     if args.print_config:
         return 0
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Experiment)

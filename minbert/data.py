@@ -135,19 +135,16 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
 
 
 def split_path(task: str | TaskSpec, data_dir, split: str) -> Path:
-    """Where one split ("train", "dev" or "test") of a task lies in the data folder; a
-    DataError saying how to get it if nothing is there."""
+    """Where one split ("train", "dev" or "test") of a task lies in the data folder."""
     spec = get_task(task)
     if split not in spec.files:
         raise ValueError(f"unknown split {split!r} for task {spec.name}; known splits: {', '.join(spec.files)}")
-    path = Path(data_dir) / spec.files[split]
-    if not path.exists():
-        raise _not_found(spec, path)
-    return path
+    return Path(data_dir) / spec.files[split]
 
 
-def _not_found(spec: TaskSpec, path: Path) -> DataError:
-    return DataError(path, None, "file not found", f"the {spec.name} data file there", PREPARE_HINT)
+def not_found(task: str | TaskSpec, path) -> DataError:
+    """The error for a task's data file that is not there, saying how to get it."""
+    return DataError(path, None, "file not found", f"the {get_task(task).name} data file there", PREPARE_HINT)
 
 
 def read_split(task: str | TaskSpec, data_dir, split: str, on_error: str = "raise") -> Examples:
@@ -165,7 +162,7 @@ def read_file(task: str | TaskSpec, path, labeled: bool, on_error: str = "raise"
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise _not_found(spec, path) from None
+        raise not_found(spec, path) from None
     lines, bad_bytes = _decode_lines(data)
     if not any(line.strip() for line in lines):
         raise DataError(path, 1, "the file is empty", "a header line and one example per line")
