@@ -1,12 +1,17 @@
 """A finished run -> dev metrics and prediction files.
 
-    python evaluate.py runs/gse                 # best checkpoint, dev metrics, dev + test predictions
+    python evaluate.py runs/gse                 # best checkpoint, whole dev sets, dev + test predictions
     python evaluate.py runs/gse --which last --device cpu
+    python evaluate.py runs/gse --max_eval_examples 200   # the first 200 of each dev set (said in the results)
+    python evaluate.py runs/gse --export exported/gse     # a Hugging Face model folder of the fine-tuned encoder
+    python evaluate.py runs/gse --curves                  # redraw runs/gse/curves.png from its log.jsonl
 
 Writes into the run folder: evaluate_results.json (dev metrics, the names train_multitask
-uses) and predictions/<task>-{dev,test}-output.csv in the CS224N format: a header
+uses; "dev_subset" when only part of a dev set was scored) and
+predictions/<task>-{dev,test}-output.csv in the CS224N format: a header
 `id,Predicted_<what>`, then one `id,prediction` line per example. A test file that is
-not in the data folder is skipped with a message.
+not in the data folder is skipped with a message. Only the model and the dev and test
+files are read: no training data, no optimizers (minbert/build.py).
 """
 from __future__ import annotations
 
@@ -17,8 +22,11 @@ import sys
 from pathlib import Path
 
 from minbert.batches import encode
-from minbert.data import TASKS, read_split
-from minbert.trainer import load_run
+from minbert.build import load_run, read_data
+from minbert.data import TASKS, read_split, split_path
+from minbert.evaluation import predict, score
+from minbert.export import export_hf
+from minbert.plots import plot_run
 
 COLUMN = {"classification": "Predicted_Label", "regression": "Predicted_Similarity"}
 CS224N_NAMES = {"sst": ("sst", "Predicted_Sentiment"), "quora": ("para", "Predicted_Is_Paraphrase"),
@@ -35,38 +43,65 @@ def write_predictions(path: Path, task: str, ids: list[str], preds: list):
             w.writerow([i, f"{p:.4f}" if isinstance(p, float) else p])
 
 
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+    ap.add_argument("run_dir", type=Path, help="a run folder written by train_multitask.py")
+    ap.add_argument("--which", choices=["best", "last"], default="best",
+                    help="best: best/model.safetensors; last: the latest checkpoint (default: best)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    ap.add_argument("--splits", default="dev,test", help="comma-separated: dev, test (default: dev,test)")
+    ap.add_argument("--max_eval_examples", type=int, default=0,
+                    help="> 0: score only the first N examples of each dev set (default: 0, the whole set)")
+    ap.add_argument("--export", type=Path, default=None, metavar="DIR",
+                    help="write the fine-tuned encoder as a Hugging Face model folder (config.json, "
+                         "model.safetensors, tokenizer files) and the heads beside it (heads.safetensors, "
+                         "heads.json) into DIR, a new or empty folder; then stop")
+    ap.add_argument("--curves", action="store_true", help="redraw curves.png from the run's log.jsonl; then stop")
+    return ap
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--which", choices=["best", "last"], default="best")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--splits", default="dev,test", help="comma-separated: dev, test")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    splits = [s for s in args.splits.split(",") if s]
     try:
-        trainer = load_run(args.run_dir, device=args.device, which=args.which)
+        if args.export or args.curves:
+            if args.export:
+                print(f"wrote {export_hf(args.run_dir, args.export, which=args.which)}")
+            if args.curves:
+                print(f"wrote {plot_run(args.run_dir)}")
+            return 0
+        if not splits or set(splits) - {"dev", "test"}:
+            raise ValueError(f"--splits {args.splits!r}: give dev, test or both, comma-separated")
+        if args.max_eval_examples < 0:
+            raise ValueError(f"--max_eval_examples must be >= 0, got {args.max_eval_examples}")
+        run = load_run(args.run_dir, device=args.device, which=args.which)
+        exp = run.exp
+        dev = read_data(exp, run.tokenizer, "dev", args.max_eval_examples)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    exp = trainer.exp
-    result = trainer.evaluate()
-    (args.run_dir / "evaluate_results.json").write_text(
-        json.dumps({f"eval_{k}": v for k, v in result.items()}, indent=2) + "\n")
+    batch = (exp.eval_batch_size, run.tokenizer.pad_token_id, run.device, exp.bf16)
+    dev_preds = predict(run.model, dev, *batch)
+    result = {f"eval_{k}": v for k, v in score(dev_preds, dev).items()}
+    if args.max_eval_examples > 0:
+        result["dev_subset"] = {t: len(d) for t, d in dev.items()}
+    result["weights"] = str(run.weights)
+    (args.run_dir / "evaluate_results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    splits = args.splits.split(",")
     for task in exp.tasks:
         short = CS224N_NAMES.get(task, (task,))[0]
         for split in splits:
             if split == "dev":
-                data = trainer.dev_data[task]
+                data, preds = dev[task], dev_preds[task]
             else:
-                path = Path(exp.data_dir) / TASKS[task].files[split]
+                path = split_path(task, exp.data_dir, split)
                 if not path.exists():
                     print(f"skipping {task} {split}: no file {path}")
                     continue
                 rows = read_split(task, exp.data_dir, split, on_error=exp.bad_rows)
-                siamese = exp.pair_input == "siamese" and TASKS[task].pair
-                data = encode(trainer.tokenizer, rows, siamese, exp.max_length)
-            preds = trainer.predict({task: data})[task]
+                data = encode(run.tokenizer, rows, exp.pair_input == "siamese" and TASKS[task].pair, exp.max_length)
+                preds = predict(run.model, {task: data}, *batch)[task]
             out = args.run_dir / "predictions" / f"{short}-{split}-output.csv"
             write_predictions(out, task, data.ids, preds)
             print(f"wrote {out} ({len(preds)} rows)")

@@ -4,7 +4,12 @@
     python train_multitask.py --preset smart-gse --epochs 1 --max_steps 100
     python train_multitask.py --task_name mrpc --optim mfac --optim_args '{"num_grads": 512}'
     python train_multitask.py --table runs/ --out results/cs224n_table.md
-    python train_multitask.py --preset all --jobs 13            # every row at once (minbert/side_by_side.py)
+    python train_multitask.py --preset all --jobs 13 --fast     # every row at once (minbert/side_by_side.py)
+    python train_multitask.py --task_name mrpc --grid 4,4 --epochs 1   # Dodge et al.'s init x data seed grid
+
+By default a run computes with the readable code (attention's math, AdamW._update); --fast
+swaps in SDPA attention and the multi-tensor AdamW, each checked against the readable code
+before training starts (minbert/fastpaths.py).
 
 Every field of minbert.experiments.Experiment is a flag (`--lr`, `--epochs`, `--pooling`,
 ...); a preset sets some of them and the flags given here override the preset. The
@@ -25,11 +30,63 @@ import typing
 from pathlib import Path
 
 from minbert import distributed
-from minbert.experiments import PRESETS, Experiment, preset
+from minbert.data import not_found, split_path
+from minbert.experiments import CHOICES, PRESETS, Experiment, preset
+from minbert.fastpaths import FastPathMismatch
+from minbert.report import write_table
+from minbert.side_by_side import run_side_by_side
+from minbert.sweeps import SWEEP_EVALS_PER_EPOCH, run_grid, run_seeds, run_sweep
+from minbert.trainer import Trainer
+from minbert.weights import resolve_model_dir
 
-ADAMW_ARGS = {"betas", "eps", "foreach", "compile"}
 RUN_GLUE_ALIASES = {"model": ["--model_name_or_path"], "lr": ["--learning_rate"], "epochs": ["--num_train_epochs"],
                     "batch_size": ["--per_device_train_batch_size"], "max_length": ["--max_seq_length"]}
+# What each Experiment field does, for --help; the default and allowed values are added from
+# minbert/experiments.py, where they are written once.
+HELP = {
+    "name": "the run's name (default: the preset's); the output folder is runs/<name>",
+    "tasks": "comma-separated tasks to train, e.g. sst,quora,sts or mrpc",
+    "heads": "task=head pairs, e.g. sts=cos-2d1; heads: linear, concat, cos-emb, cos-d, cos-2d1",
+    "pair_input": "how a sentence pair reaches the encoder",
+    "pooling": "sentence vector from the token vectors (minbert/pooling.py)",
+    "binary_logit": "binary tasks: one logit + BCE (the paper); --no-binary_logit: two logits + CE (run_glue)",
+    "head_dropout": "dropout before the task heads",
+    "update": "how the task losses make an update (minbert/trainer.py, Trainer.update)",
+    "pcgrad_reduction": "how PCGrad combines the projected task gradients",
+    "smart": "add SMART's smoothness regulariser to each task loss (minbert/smart.py)",
+    "smart_weight": "SMART's lambda", "smart_sigma": "SMART's initial noise std",
+    "smart_eta": "SMART's ascent step size", "smart_eps": "SMART's perturbation bound",
+    "smart_steps": "SMART's ascent steps",
+    "bregman_weight": "mu of the Bregman proximal-point term; > 0 switches it on",
+    "bregman_beta": "the momentum teacher's average rate",
+    "optim": "the optimizer (MFAC, the model cards' spelling, also works)",
+    "optim_args": 'extra optimizer arguments, JSON or k=v,k=v, e.g. \'{"num_grads": 512, "damp": 1e-6}\'',
+    "lr": "peak learning rate", "weight_decay": "weight decay (none on biases and LayerNorm with AdamW)",
+    "lr_schedule": "learning-rate schedule after warm-up", "warmup_ratio": "fraction of the steps spent warming up",
+    "max_grad_norm": "clip the gradient norm to this; 0: no clipping",
+    "epochs": "epochs to train", "batch_size": "examples per task per step (per process under torchrun)",
+    "iters_mult": "steps per epoch = iters_mult * smallest training set // batch_size",
+    "steps_per_epoch": "0: from iters_mult; -1: one pass over the first task's training set; > 0: this many",
+    "max_steps": "> 0: stop after this many steps (smoke tests); 0: the whole run",
+    "max_length": "tokens per segment, longer ones are cut",
+    "bucket_window": "> 1: batches of similar lengths, sorted within windows of this many batches",
+    "eval_per_epoch": "evaluations per epoch", "eval_batch_size": "examples per evaluation batch",
+    "max_eval_examples": "> 0: score only the first N examples of each dev set (results say so)",
+    "results_from": "which evaluation the eval_* keys of all_results.json hold",
+    "logging_steps": "every N steps each task's loss goes to log.jsonl (run_glue's name)",
+    "save_checkpoints": "keep the latest checkpoint, for resuming",
+    "output_dir": "where the run folder goes (default runs/<name>)",
+    "overwrite_output_dir": "a folder holding a run with another configuration: delete it and start afresh",
+    "model": "a Hugging Face model folder or hub id", "data_dir": "the data folder (data/prepare_data.py)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "fast": "fused SDPA attention and multi-tensor AdamW instead of the readable code, each checked against "
+            "it at start-up (minbert/fastpaths.py)",
+    "bf16": "bf16 autocast on CUDA (CPU runs stay float32)",
+    "compile": "torch.compile each encoder layer and AdamW's update",
+    "bad_rows": "malformed data rows", "nonfinite": "a NaN or inf loss or gradient",
+    "seed": "the seed of everything not set apart", "init_seed": "the new heads' initial weights; -1: --seed",
+    "data_seed": "the order of the training batches; -1: --seed",
+}
 
 
 def parse_kv(text: str) -> dict:
@@ -57,40 +114,64 @@ def parse_heads(text: str) -> dict:
     return {k: str(v) for k, v in parse_kv(text).items()}
 
 
+def field_help(f: dataclasses.Field) -> str:
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    text = HELP[f.name]
+    if f.name in CHOICES:
+        text += f"; one of: {', '.join(CHOICES[f.name])}"
+    if f.name == "model":
+        return text + "; default: ../shared/models/all-MiniLM-L6-v2"
+    return text + f"; default: {default!r}" if default not in ((), {}, "") else text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (not the 40-line usage) and no abbreviated flags."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default baseline); several, "
-                                                   f"comma-separated, or 'all' (the CS224N table) run side by side")
-    ap.add_argument("--jobs", type=int, default=0, help="with several presets: how many run at once (default: all)")
-    ap.add_argument("--task_name", default=None, help="GLUE-style single task (mrpc, stsb, sst2, qqp, ...): "
-                                                      "the 'glue' preset on this task")
-    ap.add_argument("--do_train", action="store_true", help="accepted for run_glue compatibility (always trains)")
-    ap.add_argument("--do_eval", action="store_true", help="accepted for run_glue compatibility (always evaluates)")
-    ap.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
-    ap.add_argument("--seeds", default=None, help="comma-separated seeds: run each, report mean ± std")
-    ap.add_argument("--sweep", default=None, metavar="t,f,p",
-                    help="start t runs, stop them at fraction f, continue the best p (Dodge et al. 2020)")
-    ap.add_argument("--table", default=None, metavar="RUNS_DIR", help="collect finished runs into a results table")
-    ap.add_argument("--out", default=None, help="with --table/--seeds/--sweep/several presets: where the report goes")
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    run = ap.add_argument_group("what to run")
+    run.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default baseline); several, "
+                                                    f"comma-separated, or 'all' (the CS224N table) run side by side")
+    run.add_argument("--jobs", type=int, default=0, help="with several presets: how many run at once (default: all)")
+    run.add_argument("--task_name", default=None, help="GLUE-style single task (mrpc, stsb, sst2, qqp, ...): "
+                                                       "the 'glue' preset on this task")
+    run.add_argument("--do_train", action="store_true", help="accepted for run_glue compatibility (always trains)")
+    run.add_argument("--do_eval", action="store_true", help="accepted for run_glue compatibility (always evaluates)")
+    run.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    run.add_argument("--seeds", default=None, help="comma-separated seeds: run each, report mean ± std")
+    run.add_argument("--sweep", default=None, metavar="t,f,p",
+                     help="start t runs (each its own init and data seed), stop them at fraction f, continue the "
+                          f"best p (Dodge et al. 2020); evaluates {SWEEP_EVALS_PER_EPOCH}x an epoch unless "
+                          "--eval_per_epoch is given")
+    run.add_argument("--grid", default=None, metavar="N,M",
+                     help="Dodge et al.'s grid: N init seeds x M data seeds, each pair one full run; a table of "
+                          "the variance from each seed kind and a plot (evaluates as --sweep does)")
+    run.add_argument("--table", default=None, metavar="RUNS_DIR", help="collect finished runs into a results table")
+    run.add_argument("--out", default=None, help="with --table/--seeds/--sweep/several presets: where the report goes")
+    fields = ap.add_argument_group("experiment fields (override the preset's; minbert/experiments.py)")
     hints = typing.get_type_hints(Experiment)
     for f in dataclasses.fields(Experiment):
         names = [f"--{f.name}"] + RUN_GLUE_ALIASES.get(f.name, [])
-        kind = hints[f.name]
+        kind, help = hints[f.name], field_help(f)
         if kind is bool:
-            ap.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            fields.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif f.name == "tasks":
-            ap.add_argument(*names, dest=f.name, type=lambda s: tuple(s.split(",")), default=None)
-        elif f.name == "heads":
-            ap.add_argument(*names, dest=f.name, type=parse_heads, default=None, help="e.g. sts=cos-2d1")
-        elif f.name == "optim_args":
-            ap.add_argument(*names, dest=f.name, type=parse_kv, default=None,
-                            help='JSON or k=v,k=v, e.g. \'{"num_grads": 512, "damp": 1e-6}\'')
+            fields.add_argument(*names, dest=f.name, type=lambda s: tuple(s.split(",")), default=None, help=help)
+        elif f.name in ("heads", "optim_args"):
+            fields.add_argument(*names, dest=f.name, type=parse_heads if f.name == "heads" else parse_kv,
+                                default=None, help=help)
         else:
-            ap.add_argument(*names, dest=f.name, type=kind, default=None)
+            fields.add_argument(*names, dest=f.name, type=kind, default=None, help=help,
+                                metavar=f.name.upper() if f.name not in CHOICES else "{" + ",".join(CHOICES[f.name]) + "}")
     return ap
 
 
 def resolve(args) -> Experiment:
+    """The preset with the flags given; every check is Experiment.validate's."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Experiment)
                  if getattr(args, f.name) is not None}
     if args.task_name:
@@ -101,18 +182,14 @@ def resolve(args) -> Experiment:
         name = "glue"
     else:
         name = args.preset or "baseline"
-    exp = preset(name, **overrides)
-    if exp.optim == "mfac":
-        from minbert.optim.mfac import MFAC
-        import inspect
-        known = set(inspect.signature(MFAC).parameters) - {"params"} | {"only"}
-        unknown = set(exp.optim_args) - known
-        if unknown:
-            raise ValueError(f"unknown M-FAC argument(s) {sorted(unknown)}; known: {sorted(known)}")
-    elif set(exp.optim_args) - ADAMW_ARGS:
-        raise ValueError(f"unknown AdamW argument(s) {sorted(set(exp.optim_args) - ADAMW_ARGS)}; "
-                         f"known: {', '.join(sorted(ADAMW_ARGS))} (lr and weight_decay have their own flags)")
-    return exp
+    return preset(name, **overrides)
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 2 for p in parts):
+        raise ValueError(f"--grid {text!r}: give N,M, two whole numbers >= 2 (init seeds, data seeds)")
+    return int(parts[0]), int(parts[1])
 
 
 def several_presets(args) -> list[str]:
@@ -129,12 +206,9 @@ def several_presets(args) -> list[str]:
 
 def side_by_side(args, names: list[str]) -> int:
     """Several presets, one process each (minbert/side_by_side.py); each is checked first."""
-    from minbert.data import not_found, split_path
-    from minbert.side_by_side import run_side_by_side
-    from minbert.weights import resolve_model_dir
-    if args.task_name or args.seeds or args.sweep or args.name or args.table:
+    if args.task_name or args.seeds or args.sweep or args.grid or args.name or args.table:
         raise ValueError("several presets run one plain run each: leave out --task_name, --seeds, --sweep, "
-                         "--name and --table")
+                         "--grid, --name and --table")
     if distributed.launched():
         raise ValueError("several presets start one process each: run the command without torchrun")
     if args.jobs < 0:
@@ -169,8 +243,8 @@ def main(argv=None) -> int:
             return side_by_side(args, names)
         if args.jobs:
             raise ValueError("--jobs is for several presets (--preset a,b,c or --preset all)")
+        grid = parse_grid(args.grid) if args.grid else None
         if args.table:
-            from minbert.report import write_table
             write_table(args.table, args.out or "results/cs224n_table.md")
             return 0
         exp = resolve(args)
@@ -181,27 +255,24 @@ def main(argv=None) -> int:
         print(json.dumps(exp.to_dict(), indent=2))
     if args.print_config:
         return 0
-    if distributed.launched() and (args.seeds or args.sweep):
-        print("error: --seeds and --sweep run one process; start one torchrun per seed instead", file=sys.stderr)
-        return 2
-    if args.seeds:
-        from minbert.report import run_seeds
-        run_seeds(exp, [int(s) for s in args.seeds.split(",")], args.out)
-        return 0
-    if args.sweep:
-        from minbert.report import run_sweep
-        t, f, p = args.sweep.split(",")
-        run_sweep(exp, int(t), float(f), int(p), args.out)
-        return 0
-    from minbert.trainer import CheckpointError, Trainer
-    try:
-        trainer = Trainer(exp)
-    except (ValueError, FileNotFoundError, OSError) as e:  # bad data, weights, or M-FAC memory: before any work
-        print(f"error: {e}", file=sys.stderr)
+    if distributed.launched() and (args.seeds or args.sweep or args.grid):
+        print("error: --seeds, --sweep and --grid run one process; start one torchrun per seed instead",
+              file=sys.stderr)
         return 2
     try:
-        trainer.train()
-    except (CheckpointError, FloatingPointError) as e:  # an unreadable checkpoint; a NaN that stopped the run
+        if args.seeds:
+            run_seeds(exp, [int(s) for s in args.seeds.split(",")], args.out)
+        elif args.sweep:
+            t, f, p = args.sweep.split(",")
+            run_sweep(exp, int(t), float(f), int(p), args.out,
+                      evals_per_epoch=args.eval_per_epoch or SWEEP_EVALS_PER_EPOCH)
+        elif grid:
+            run_grid(exp, *grid, args.out, evals_per_epoch=args.eval_per_epoch or SWEEP_EVALS_PER_EPOCH)
+        else:
+            Trainer(exp).train()
+    # before any work: another run's folder, bad data or weights, M-FAC memory, a fast path that
+    # disagrees with the readable code; during: an unreadable checkpoint, a NaN that stopped the run
+    except (ValueError, OSError, FastPathMismatch, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     distributed.teardown()  # under torchrun; nothing otherwise

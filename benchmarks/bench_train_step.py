@@ -4,6 +4,7 @@ minbert.trainer.Trainer, with AdamW and with M-FAC; M-FAC's time over AdamW's.
     python benchmarks/bench_train_step.py --device cpu --threads 1 --presets gse --mfac 32,256,1024
     python benchmarks/bench_train_step.py --device cuda --presets all --mfac none   # the 13 presets, AdamW
     python benchmarks/bench_train_step.py --presets gse --mfac none --compile       # --compile against eager
+    python benchmarks/bench_train_step.py --presets baseline,gse --mfac none --vs_fast   # --fast against the default
 
 An "update" is Trainer.update(step): one batch per task and whatever the preset does
 with them (baseline: three optimizer steps, one per task; gse: a PCGrad step, then a
@@ -34,7 +35,8 @@ from benchmarks.common import SHARED, add_common_args, clock, environment, inter
 from minbert.experiments import PRESETS, preset  # noqa: E402
 from minbert.optim import MFAC  # noqa: E402
 from minbert.optim.mfac import available_memory  # noqa: E402
-from minbert.trainer import Trainer, build_optimizers  # noqa: E402
+from minbert.optim import build_optimizers  # noqa: E402
+from minbert.trainer import Trainer  # noqa: E402
 
 CS224N_PRESETS = [p for p in PRESETS if p != "glue"]
 WORDS = "the a film movie is was good bad very not how can I what why do you best way to learn make".split()
@@ -87,7 +89,9 @@ def main():
     ap.add_argument("--data_dir", default=str(SHARED / "data"))
     ap.add_argument("--synthetic_words", type=int, default=24, help="sentence length when the data is absent")
     ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "math"])
+    ap.add_argument("--fast", action="store_true", help="build every Trainer with --fast (SDPA, foreach AdamW)")
+    ap.add_argument("--vs_fast", action="store_true",
+                    help="also time --fast against the readable default (math attention, AdamW._update)")
     ap.add_argument("--mfac", default="32,256,1024", help="comma-separated num_grads, or 'none'")
     ap.add_argument("--mfac_only", default="auto", choices=["auto", "all", "subset"],
                     help="auto: all parameters where the buffer fits in memory, else --mfac_subset")
@@ -107,11 +111,11 @@ def main():
     rows, total_min = [], 0.0
     for name in names:
         exp = preset(name, epochs=10, data_dir=str(data_dir), device=str(device), batch_size=args.batch_size,
-                     attn_implementation=args.attn, max_eval_examples=1, save_checkpoints=False,
+                     fast=args.fast, max_eval_examples=1, save_checkpoints=False,
                      output_dir=str(Path(tmp.name) / name))
         trainer = Trainer(exp, quiet=True)  # the data is tokenized once; optimizers are swapped below
         examples = exp.batch_size * len(exp.tasks)
-        mode = "bf16 autocast" if trainer.amp else "fp32"
+        mode = ("bf16 autocast" if exp.bf16 and device.type == "cuda" else "fp32") + (", --fast" if exp.fast else "")
 
         adamw = trainer.optimizers
         pairs = []
@@ -142,6 +146,18 @@ def main():
                          "median wall ms/update": f"{t.wall_ms:.0f}", "min CPU ms/update": f"{t.cpu_ms:.0f}",
                          "examples/s": f"{examples / t.wall_ms * 1e3:.1f}",
                          "M-FAC/AdamW": f"{t.ms / ms['adamw'].ms:.2f}x (AdamW {ms['adamw'].ms:.0f})"})
+        if args.vs_fast:  # same preset, same batches, --fast: interleaved with the readable default
+            fast = Trainer(dataclasses.replace(exp, fast=True), quiet=True)
+            fast.model.load_state_dict(trainer.model.state_dict())
+            ms = interleave({"readable": step_of(trainer, adamw), "fast": step_of(fast, fast.optimizers)},
+                            device, args.warmup, args.steps, args.rounds)
+            rows.append({"preset": name, "optimizer": "AdamW, --fast", "mode": mode,
+                         "median wall ms/update": f"{ms['fast'].wall_ms:.0f}",
+                         "min CPU ms/update": f"{ms['fast'].cpu_ms:.0f}",
+                         "examples/s": f"{examples / ms['fast'].wall_ms * 1e3:.1f}",
+                         "vs readable": f"{ms['fast'].wall_ms / ms['readable'].wall_ms:.3f}x "
+                                        f"(readable {ms['readable'].wall_ms:.0f} ms)"})
+            del fast
         if args.compile:  # same preset, same batches, compiled: interleaved with the eager AdamW update
             compiled = Trainer(dataclasses.replace(exp, compile=True), quiet=True)
             ms = interleave({"eager": step_of(trainer, adamw), "compiled": step_of(compiled, compiled.optimizers)},
@@ -154,14 +170,15 @@ def main():
             del compiled
         del trainer, adamw, pairs
 
-    env = {**environment(device), "data": data, "batch_size": args.batch_size, "attn": args.attn}
+    env = {**environment(device), "data": data, "batch_size": args.batch_size, "fast": args.fast}
     if len(names) > 1:
         env["all presets, AdamW, 10 epochs (min, no eval)"] = f"{total_min:.1f}"
     report(f"Training update (forward, backward, optimizer): M-FAC/AdamW = ratio of {clock(device)} time "
-           f"(AdamW's {clock(device)} ms in the same run), > 1: M-FAC slower; vs eager: --compile over eager",
+           f"(AdamW's {clock(device)} ms in the same run), > 1: M-FAC slower; vs eager: --compile over eager; "
+           f"vs readable: --fast over the default (math attention, AdamW._update)",
            env, rows,
            ["preset", "optimizer", "M-FAC params", "mode", "median wall ms/update", "min CPU ms/update", "examples/s",
-            "M-FAC/AdamW", "vs eager", "10 epochs (min, no eval)"], args.json)
+            "M-FAC/AdamW", "vs eager", "vs readable", "10 epochs (min, no eval)"], args.json)
 
 
 if __name__ == "__main__":

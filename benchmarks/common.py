@@ -152,7 +152,7 @@ def cpu_model() -> str:
 
 
 def environment(device: torch.device) -> dict:
-    from minbert.trainer import git_commit
+    from minbert.checkpoint import git_commit
     env = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device_name(device),
            "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "commit": git_commit(), "command": " ".join(sys.argv)}

@@ -11,6 +11,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+# Which attention code runs (not a Hugging Face config field). "math" is the written-out
+# formula in model.BertSelfAttention.forward, the code you read; "sdpa" the fused
+# torch.nn.functional.scaled_dot_product_attention, the faster path one switch away.
+ATTN_IMPLEMENTATIONS = ("math", "sdpa")
+
+
+def check_attn_implementation(name: str) -> str:
+    """Returns "math" or "sdpa"; "eager", Hugging Face's name for the math path, reads as "math"."""
+    if name == "eager":
+        return "math"
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be 'math' or 'sdpa' (or 'eager', Hugging Face's "
+                         f"name for 'math'), not {name!r}")
+    return name
+
 
 @dataclass
 class BertConfig:
@@ -27,9 +42,7 @@ class BertConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
-    # Not a Hugging Face field: which attention code runs. "sdpa" is the fused
-    # torch.nn.functional.scaled_dot_product_attention, "math" the explicit formula.
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "math"  # or "sdpa"; see ATTN_IMPLEMENTATIONS
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads != 0:
@@ -38,8 +51,7 @@ class BertConfig:
                 f"num_attention_heads ({self.num_attention_heads})")
         if self.hidden_act not in ("gelu", "gelu_new", "relu"):
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use gelu, gelu_new or relu")
-        if self.attn_implementation not in ("sdpa", "math"):
-            raise ValueError(f"attn_implementation must be 'sdpa' or 'math', not {self.attn_implementation!r}")
+        self.attn_implementation = check_attn_implementation(self.attn_implementation)
 
     @classmethod
     def from_dict(cls, d: dict) -> "BertConfig":

@@ -5,16 +5,55 @@ The presets are the rows of the CS224N multitask table (Cortes, Hsieh & Fu, "An
 Exploration of Fine-Tuning Techniques on minBERT Optimizations"), with the paper's
 dev scores beside them, and "glue", the run_glue-style single-task fine-tuning used
 for the M-FAC comparison.
+
+Every check of a field lives in `Experiment.validate`, which `__post_init__` calls: a run
+started from Python (`Trainer(preset("gse", lr=...))`) is checked exactly as one started
+from the command line, and a bad value stops before any work with one line.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minbert.data import TASKS
+from minbert.heads import HEADS
+from minbert.optim import MFAC
+from minbert.pooling import POOLERS
+from minbert.smart import DEFAULTS as SMART
+
 DEFAULT_MODEL = str(Path(__file__).resolve().parents[2] / "shared" / "models" / "all-MiniLM-L6-v2")
-UPDATES = ("separate", "summed", "pcgrad", "gse")
+# name -> what it means; the allowed values of every enum-like field, for checks and --help
+CHOICES = {
+    "update": {"separate": "each task its own optimizer step, one after another (the paper's baseline)",
+               "summed": "one step on the summed task losses",
+               "pcgrad": "one step on the PCGrad-projected task gradients (Yu et al. 2020)",
+               "gse": "a PCGrad step, then a step on the summed loss (the paper's gradient surgery experiment)"},
+    "pcgrad_reduction": {"sum": "Yu et al.'s update: the projected gradients summed",
+                         "mean": "their mean (the student paper's GSE)"},
+    "pair_input": {"siamese": "the two sentences encoded apart (Sentence-BERT)",
+                   "cross": "one segment [CLS] A [SEP] B [SEP]"},
+    "pooling": {name: "" for name in POOLERS},
+    "optim": {"adamw": "AdamW (minbert/optim/adamw.py)", "mfac": "M-FAC (minbert/optim/mfac.py)"},
+    "lr_schedule": {"constant": "", "linear": "linear decay to 0 (run_glue's default)"},
+    "results_from": {"best": "the best evaluation (by the overall score)", "final": "the last evaluation (run_glue)"},
+    "bad_rows": {"skip": "counted and named in a warning", "raise": "stop at the first"},
+    "nonfinite": {"stop": "stop the run", "skip": "skip the step, counted"},
+}
+ADAMW_ARGS = {"betas", "eps", "foreach", "compile"}
+MFAC_ARGS = set(inspect.signature(MFAC).parameters) - {"params"} | {"only"}
+# Fields that say where and how fast a run goes, not what it computes: they may change when
+# a run is resumed (a longer --max_steps continues it). Every other field must match the
+# config.json of the run in the output folder (checkpoint.check_run_folder).
+RESUMABLE = ("max_steps", "output_dir", "overwrite_output_dir", "device", "fast", "compile",
+             "eval_batch_size", "logging_steps", "save_checkpoints")
+
+
+def default_head(task: str, pair_input: str) -> str:
+    """Two-sentence tasks encoded apart compare two vectors (concat); everything else is linear."""
+    return "concat" if TASKS[task].pair and pair_input == "siamese" else "linear"
 
 
 @dataclass
@@ -22,28 +61,29 @@ class Experiment:
     name: str = "baseline"
     # what is learned
     tasks: tuple[str, ...] = ("sst", "quora", "sts")
-    heads: dict[str, str] = field(default_factory=lambda: {"sst": "linear", "quora": "concat", "sts": "concat"})
+    heads: dict[str, str] = field(default_factory=dict)  # task -> head name; unset tasks get default_head
     pair_input: str = "siamese"  # siamese: two sentences encoded apart; cross: [CLS] A [SEP] B [SEP]
     pooling: str = "cls"  # cls | mean | max | pooler (BERT's tanh pooler on [CLS])
     binary_logit: bool = True  # binary tasks: one logit + BCE (paper); False: two logits + CE (run_glue)
     head_dropout: float = 0.1
     # how it is updated
-    update: str = "separate"  # separate: one step per task; summed: one step on the sum; pcgrad; gse
+    update: str = "separate"  # separate | summed | pcgrad | gse (CHOICES above)
+    pcgrad_reduction: str = "sum"  # how PCGrad combines the projected task gradients: sum | mean
     smart: bool = False
-    smart_weight: float = 5.0  # lambda
-    smart_sigma: float = 1e-5
-    smart_eta: float = 1e-3
-    smart_eps: float = 1e-5
-    smart_steps: int = 1
+    smart_weight: float = SMART["weight"]  # lambda
+    smart_sigma: float = SMART["sigma"]
+    smart_eta: float = SMART["eta"]
+    smart_eps: float = SMART["eps"]
+    smart_steps: int = SMART["steps"]
     bregman_weight: float = 0.0  # mu; > 0 adds the Bregman proximal-point term (momentum teacher)
     bregman_beta: float = 0.99
-    optim: str = "adamw"  # adamw | mfac
+    optim: str = "adamw"  # adamw | mfac (MFAC, the model cards' spelling, is read as mfac)
     optim_args: dict = field(default_factory=dict)  # extra optimizer arguments, e.g. {"num_grads": 512}
     lr: float = 1e-5
     weight_decay: float = 0.0
     lr_schedule: str = "constant"  # constant | linear (decay to 0, run_glue's default)
     warmup_ratio: float = 0.0
-    max_grad_norm: float = 0.0  # 0: no clipping (the paper clips nothing)
+    max_grad_norm: float = 0.0  # 0: no clipping (the paper clips nothing; run_glue clips at 1.0)
     # how long
     epochs: float = 10
     batch_size: int = 8
@@ -55,14 +95,17 @@ class Experiment:
     # evaluation and output
     eval_per_epoch: int = 1
     eval_batch_size: int = 64
-    max_eval_examples: int = 0  # > 0 caps each dev set (smoke tests)
+    max_eval_examples: int = 0  # > 0 scores only the first N examples of each dev set (smoke tests)
+    results_from: str = "best"  # which evaluation the eval_* keys of all_results.json hold: best | final
+    logging_steps: int = 10  # every N steps each task's loss goes to log.jsonl
     save_checkpoints: bool = True
     output_dir: str = ""  # "": runs/<name>
-    # where things are
+    overwrite_output_dir: bool = False  # a folder holding another run: start afresh (run_glue's name)
+    # where things are, and how fast they run
     model: str = DEFAULT_MODEL
     data_dir: str = "data"
-    attn_implementation: str = "sdpa"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    fast: bool = False  # SDPA attention and multi-tensor AdamW instead of the readable code (fastpaths.py)
     bf16: bool = True  # bf16 autocast on CUDA; CPU runs stay in float32
     compile: bool = False  # torch.compile each encoder layer and AdamW's update (compiling takes a minute)
     bad_rows: str = "skip"  # what to do with malformed data rows: skip (counted, logged) | raise
@@ -76,18 +119,18 @@ class Experiment:
         self.validate()
 
     def validate(self):
-        from minbert.data import TASKS
-        from minbert.heads import HEADS
-        from minbert.pooling import POOLERS
+        """Every check of every field; a bad value raises one ValueError naming it."""
         def bad(msg):
             raise ValueError(f"experiment {self.name!r}: {msg}")
+        self.optim = str(self.optim).lower()  # --optim MFAC, as the M-FAC model cards write it
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                bad(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         self.tasks = tuple(self.tasks)
         for t in self.tasks:
             if t not in TASKS:
                 bad(f"unknown task {t!r}; known tasks: {', '.join(TASKS)}")
-            if t not in self.heads:
-                self.heads[t] = "concat" if TASKS[t].pair and self.pair_input == "siamese" else "linear"
-        self.heads = {t: self.heads[t] for t in self.tasks}
+        self.heads = {t: self.heads.get(t) or default_head(t, self.pair_input) for t in self.tasks}
         for t, h in self.heads.items():
             if h not in HEADS:
                 bad(f"unknown head {h!r} for {t}; choose one of {', '.join(HEADS)}")
@@ -95,25 +138,21 @@ class Experiment:
             if TASKS[t].pair and (h != "linear") != (self.pair_input == "siamese"):
                 bad(f"head {h!r} does not fit pair_input={self.pair_input} for {t}: use linear with cross, "
                     f"or concat / cos-* with siamese")
-        if self.update not in UPDATES:
-            bad(f"unknown update {self.update!r}; choose one of {', '.join(UPDATES)}")
-        if self.pooling not in (*POOLERS, "pooler"):
-            bad(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLERS)}, pooler")
-        if self.pair_input not in ("siamese", "cross"):
-            bad(f"pair_input must be siamese or cross, not {self.pair_input!r}")
-        if self.optim not in ("adamw", "mfac"):
-            bad(f"unknown optimizer {self.optim!r}; choose adamw or mfac")
-        if self.lr_schedule not in ("constant", "linear"):
-            bad(f"lr_schedule must be constant or linear, not {self.lr_schedule!r}")
-        if self.bad_rows not in ("skip", "raise") or self.nonfinite not in ("stop", "skip"):
-            bad("bad_rows must be skip|raise and nonfinite stop|skip")
-        for name in ("epochs", "batch_size", "eval_per_epoch", "max_length", "eval_batch_size", "iters_mult"):
+            if h.startswith("cos") and TASKS[t].kind != "regression":
+                bad(f"head {h!r} predicts a similarity score; task {t} is {TASKS[t].kind}")
+        for name in ("epochs", "batch_size", "eval_per_epoch", "max_length", "eval_batch_size", "iters_mult",
+                     "logging_steps"):
             if getattr(self, name) <= 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.lr < 0 or self.weight_decay < 0:
-            bad(f"lr and weight_decay must be >= 0, got {self.lr} and {self.weight_decay}")
-        if self.bucket_window < 0:
-            bad(f"bucket_window must be >= 0, got {self.bucket_window}")
+        for name in ("lr", "weight_decay", "max_grad_norm", "warmup_ratio", "max_steps", "max_eval_examples",
+                     "bucket_window", "smart_weight", "bregman_weight"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        known = ADAMW_ARGS if self.optim == "adamw" else MFAC_ARGS
+        unknown = sorted(set(self.optim_args) - known)
+        if unknown:
+            bad(f"unknown {'AdamW' if self.optim == 'adamw' else 'M-FAC'} argument(s) {unknown} in optim_args; "
+                f"known: {', '.join(sorted(known))} (lr and weight_decay have their own flags)")
 
     @property
     def out_dir(self) -> Path:
@@ -124,6 +163,9 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Experiment":
+        d = dict(d)
+        if "attn_implementation" in d:  # config.json of runs made before --fast existed
+            d.setdefault("fast", d.pop("attn_implementation") == "sdpa")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -135,38 +177,46 @@ class Experiment:
 
 
 def _gse(**kw):
-    return dict(update="gse", **kw)
+    # "We first update our parameters using the mean of the adjusted gradients for each loss, and
+    # immediately after, re-update them using the combined loss" (student paper, section 5.3, 1c).
+    return dict(update="gse", pcgrad_reduction="mean", **kw)
 
 
 # name -> (field overrides, the paper's dev SST / QQP / STS / overall; None where it has none)
 PRESETS: dict[str, tuple[dict, tuple | None]] = {
     "baseline": (dict(update="separate"), (0.512, 0.731, 0.361, 0.641)),
     "multitask": (dict(update="summed"), (0.511, 0.727, 0.341, 0.636)),
-    "pcgrad": (dict(update="pcgrad"), (0.510, 0.718, 0.378, 0.639)),
+    # "update the model using the adjusted gradients" (section 5.3, 1b) names no mean: Yu et al.'s
+    # Algorithm 1 sums the projected gradients, so the pcgrad row keeps the sum.
+    "pcgrad": (dict(update="pcgrad", pcgrad_reduction="sum"), (0.510, 0.718, 0.378, 0.639)),
     "gse": (_gse(), (0.507, 0.748, 0.353, 0.644)),
     "cos-emb": (_gse(heads={"sts": "cos-emb"}), (0.510, 0.706, 0.103, 0.589)),
     "cos-d": (_gse(heads={"sts": "cos-d"}), (0.508, 0.730, 0.185, 0.610)),
     "cos-2d1": (_gse(heads={"sts": "cos-2d1"}), (0.510, 0.737, 0.365, 0.643)),
     "cos-2d1-mean": (_gse(heads={"sts": "cos-2d1"}, pooling="mean"), (0.499, 0.747, 0.357, 0.641)),
+    # "To each individual task's loss, we add a regularization loss" (section 5.3.4): SMART on the
+    # baseline's separate updates. Section 4.4's other reading, the losses and regularisers
+    # "combined" into one training loss, is --preset smart --update summed.
     "smart": (dict(update="separate", smart=True), (0.487, 0.750, 0.376, 0.642)),
     "smart-gse": (_gse(smart=True), None),  # the paper ran out of GPU memory
     "gse-3x": (_gse(iters_mult=3), (0.489, 0.762, 0.362, 0.644)),
     "cos-2d1-3x": (_gse(heads={"sts": "cos-2d1"}, iters_mult=3), (0.499, 0.761, 0.379, 0.650)),
     "smart-3x": (dict(update="separate", smart=True, iters_mult=3), (0.507, 0.758, 0.376, 0.651)),
-    # run_glue-style single-task fine-tuning (M-FAC model cards): cross-encoded pairs,
-    # BERT's pooler + Linear, two-class CE, linear decay, batch 32, 5 epochs, lr 1e-4.
-    "glue": (dict(tasks=("mrpc",), heads={}, update="summed", pair_input="cross", pooling="pooler",
+    # run_glue-style single-task fine-tuning (M-FAC model cards): cross-encoded pairs, BERT's
+    # pooler + Linear, two-class CE, linear decay, batch 32, 5 epochs, lr 1e-4; Hugging Face's
+    # Trainer clips the gradient norm at 1.0 by default, and run_glue's --do_eval scores the
+    # final model (results_from="final"; the best evaluation is kept under best_eval_*).
+    "glue": (dict(tasks=("mrpc",), update="summed", pair_input="cross", pooling="pooler",
                   binary_logit=False, lr=1e-4, lr_schedule="linear", epochs=5, batch_size=32,
-                  steps_per_epoch=-1, eval_per_epoch=1), None),
+                  steps_per_epoch=-1, eval_per_epoch=1, max_grad_norm=1.0, results_from="final"), None),
 }
 
 
 def preset(name: str, /, **overrides) -> Experiment:
-    """The preset's fields, then the overrides; unknown names and fields are errors."""
+    """The preset's fields, then the overrides (heads are merged task by task); unknown names
+    and fields are errors."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     fields = {"name": name, **PRESETS[name][0]}
-    heads = {"sst": "linear", "quora": "concat", "sts": "concat"} if name != "glue" else {}
-    heads.update(fields.pop("heads", {}))
-    heads.update(overrides.pop("heads", {}) or {})
+    heads = {**fields.pop("heads", {}), **(overrides.pop("heads", None) or {})}
     return Experiment.from_dict({**fields, **overrides, "heads": heads})

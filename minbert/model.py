@@ -15,13 +15,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minbert.config import BertConfig
+from minbert.config import BertConfig, check_attn_implementation
+from minbert.weights import load_pretrained
 
 
 @dataclass
 class BertOutput:
     last_hidden_state: torch.Tensor  # (B, T, H)
     pooler_output: torch.Tensor  # (B, H)
+    attentions: tuple[torch.Tensor, ...] | None = None  # output_attentions=True: per layer (B, nh, T, T)
 
 
 class BertEmbeddings(nn.Module):
@@ -50,7 +52,8 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head scaled dot-product attention, softmax(Q K^T / sqrt(hs)) V (Vaswani et al. eq. 1)."""
+    """Multi-head scaled dot-product attention, softmax(Q K^T / sqrt(d_k)) V (Vaswani et al. eq. 1),
+    with d_k = hs, the head size. The math path below is what runs unless attn_implementation="sdpa"."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -62,8 +65,9 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self.use_sdpa = config.attn_implementation == "sdpa"
 
-    def forward(self, x, keep):
-        # x: (B, T, H); keep: (B, 1, 1, T) bool, True where the key is a real token, or None: no padding
+    def forward(self, x, keep, output_attentions: bool = False):
+        # x: (B, T, H); keep: (B, 1, 1, T) bool, True where the key is a real token, or None: no padding.
+        # Returns y (B, T, H) and, if output_attentions, the probabilities (B, nh, T, T) before dropout.
         B, T, H = x.shape
         hs = H // self.n_head
 
@@ -72,16 +76,17 @@ class BertSelfAttention(nn.Module):
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         p_drop = self.dropout_p if self.training else 0.0
-        if self.use_sdpa:
+        # SDPA returns no weights, so a call with output_attentions=True takes the math path below.
+        if self.use_sdpa and not output_attentions:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p_drop)
         else:
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T)
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T): query rows, key columns
             if keep is not None:
-                att = att.masked_fill(~keep, torch.finfo(att.dtype).min)  # padding keys get ~zero weight
-            att = F.softmax(att, dim=-1)
-            att = F.dropout(att, p=p_drop, training=self.training)
-            y = att @ v  # (B, nh, T, hs)
-        return y.transpose(1, 2).reshape(B, T, H)  # re-assemble heads side by side
+                att = att.masked_fill(~keep, torch.finfo(att.dtype).min)  # exp underflows: padding keys get 0
+            att = F.softmax(att, dim=-1)  # each row sums to 1 over the real keys
+            y = F.dropout(att, p=p_drop, training=self.training) @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, H)  # re-assemble heads side by side
+        return y, (att if output_attentions else None)
 
 
 class BertAddNorm(nn.Module):
@@ -103,8 +108,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)  # named `self` to match the checkpoint keys
         self.output = BertAddNorm(config.hidden_size, config)
 
-    def forward(self, x, keep):
-        return self.output(self.self(x, keep), x)
+    def forward(self, x, keep, output_attentions: bool = False):
+        y, att = self.self(x, keep, output_attentions)
+        return self.output(y, x), att
 
 
 class BertIntermediate(nn.Module):
@@ -126,9 +132,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
-    def forward(self, x, keep):
-        x = self.attention(x, keep)
-        return self.output(self.intermediate(x), x)
+    def forward(self, x, keep, output_attentions: bool = False):
+        x, att = self.attention(x, keep, output_attentions)
+        return self.output(self.intermediate(x), x), att
 
 
 class BertEncoder(nn.Module):
@@ -136,10 +142,12 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, x, keep):
+    def forward(self, x, keep, output_attentions: bool = False):
+        attentions = []
         for block in self.layer:
-            x = block(x, keep)
-        return x
+            x, att = block(x, keep, output_attentions)
+            attentions.append(att)
+        return x, (tuple(attentions) if output_attentions else None)
 
 
 class BertPooler(nn.Module):
@@ -176,34 +184,61 @@ class BertModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def set_attn_implementation(self, name: str):
-        """Switch every layer between "sdpa" and "math" attention."""
-        if name not in ("sdpa", "math"):
-            raise ValueError(f"attn_implementation must be 'sdpa' or 'math', not {name!r}")
+        """Switch every layer between "math" (or "eager", the same) and "sdpa" attention."""
+        name = check_attn_implementation(name)
         self.config.attn_implementation = name
         for layer in self.encoder.layer:
             layer.attention.self.use_sdpa = name == "sdpa"
 
-    def encode(self, embedding_output, attention_mask=None) -> BertOutput:
+    def encode(self, embedding_output, attention_mask=None, output_attentions: bool = False) -> BertOutput:
         """Runs the encoder and pooler on embedding-layer outputs (B, T, H); attention_mask
         None means no padding. Split from forward() so SMART can perturb the embeddings."""
         keep = None
         if attention_mask is not None:
             keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): broadcasts over heads and queries
-        h = self.encoder(embedding_output, keep)
-        return BertOutput(last_hidden_state=h, pooler_output=self.pooler(h))
+        h, attentions = self.encoder(embedding_output, keep, output_attentions)
+        return BertOutput(last_hidden_state=h, pooler_output=self.pooler(h), attentions=attentions)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> BertOutput:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None,
+                output_attentions: bool = False) -> BertOutput:
+        """output_attentions=True also returns each layer's attention probabilities, as .attentions."""
         # No padding: no mask, which lets SDPA pick its fastest (flash) kernel on a GPU. Asking
         # costs a device sync; the training loop knows the answer on the host (batches.collate).
         if attention_mask is not None and not torch.compiler.is_compiling() and attention_mask.all():
             attention_mask = None
-        return self.encode(self.embeddings(input_ids, token_type_ids), attention_mask)
+        return self.encode(self.embeddings(input_ids, token_type_ids), attention_mask, output_attentions)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, attn_implementation: str = "sdpa") -> "BertModel":
-        """A Hugging Face model folder or hub id -> float32 BertModel (see weights.py)."""
-        from minbert.weights import load_pretrained
+    def from_pretrained(cls, name_or_path: str, attn_implementation: str = "math") -> "BertModel":
+        """A Hugging Face model folder or hub id -> float32 BertModel in eval mode (see weights.py)."""
         return load_pretrained(cls, name_or_path, attn_implementation=attn_implementation)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def check_sdpa_matches_math(atol: float = 1e-5) -> float:
+    """The start-up guard of the fast path: runs a tiny random BertModel (2 layers, hidden 32, 4 heads)
+    on a padded batch with the math path and with sdpa, and returns the largest difference of the
+    hidden states. Raises RuntimeError above atol: the math path was edited, and sdpa would not run it."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left where it was
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=16, initializer_range=0.2)
+        model = BertModel(config).eval()  # initializer_range 0.2: peaked attention, so slips show
+        ids = torch.randint(1, 50, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 2:] = 0
+    with torch.no_grad():
+        math_out = model(ids, mask).last_hidden_state
+        model.set_attn_implementation("sdpa")
+        sdpa_out = model(ids, mask).last_hidden_state
+    diff = (math_out - sdpa_out).abs().max().item()
+    if not diff <= atol:  # `not <=` so that NaN fails too
+        raise RuntimeError(
+            f"BertSelfAttention.forward (the math path) and torch.nn.functional.scaled_dot_product_attention "
+            f"(the fast path) disagree on a tiny random model: max difference {diff:.3g} > atol {atol:g}. "
+            f"The fast path would not run your version; run without --fast (attention runs the math path) "
+            f"to train with your version.")
+    return diff

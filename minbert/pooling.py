@@ -1,32 +1,43 @@
-"""Sentence vectors from token vectors: [CLS], mean or max over the real tokens.
+"""Sentence vectors from token vectors: [CLS], mean or max over the real tokens, or BERT's
+own pooler.
 
-Sentence-BERT (Reimers & Gurevych 2019, section 3) compares the three. Padding never
-counts: mean divides by the number of real tokens, max ignores pad positions.
+Sentence-BERT (Reimers & Gurevych 2019, section 3) compares the first three. Padding never
+counts: mean divides by the number of real tokens, max ignores pad positions. "pooler" is
+tanh(W h_[CLS] + b) with the encoder's pre-trained pooler weights (Devlin et al. 2019, the
+vector next-sentence prediction was trained on; run_glue's classifiers read it). Every
+pooling takes (hidden, attention_mask, bert); only "pooler" needs the encoder.
 """
 import torch
 
 
-def cls(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def cls(hidden: torch.Tensor, attention_mask: torch.Tensor, bert=None) -> torch.Tensor:
     """(B, T, H) -> (B, H): the vector at position 0, the [CLS] token."""
     return hidden[:, 0]
 
 
-def mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def mean(hidden: torch.Tensor, attention_mask: torch.Tensor, bert=None) -> torch.Tensor:
     """(B, T, H) -> (B, H): average of the real tokens' vectors."""
     m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-def max(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def max(hidden: torch.Tensor, attention_mask: torch.Tensor, bert=None) -> torch.Tensor:
     """(B, T, H) -> (B, H): element-wise max over the real tokens."""
     pad = ~attention_mask.bool().unsqueeze(-1)  # (B, T, 1)
     return hidden.masked_fill(pad, torch.finfo(hidden.dtype).min).max(dim=1).values
 
 
-POOLERS = {"cls": cls, "mean": mean, "max": max}
+def pooler(hidden: torch.Tensor, attention_mask: torch.Tensor, bert=None) -> torch.Tensor:
+    """(B, T, H) -> (B, H): the encoder's pooler layer on [CLS], tanh(W h_[CLS] + b)."""
+    if bert is None:
+        raise ValueError("pooling 'pooler' uses the encoder's pooler weights: pass bert=<the BertModel>")
+    return bert.pooler(hidden)
 
 
-def pool(name: str, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+POOLERS = {"cls": cls, "mean": mean, "max": max, "pooler": pooler}
+
+
+def pool(name: str, hidden: torch.Tensor, attention_mask: torch.Tensor, bert=None) -> torch.Tensor:
     if name not in POOLERS:
         raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLERS)}")
-    return POOLERS[name](hidden, attention_mask)
+    return POOLERS[name](hidden, attention_mask, bert)

@@ -1,18 +1,18 @@
-"""Runs in, tables out: the CS224N table, multi-seed summaries (mean ± std, as the M-FAC
-model cards report them), and the start-many-stop-early sweep (seeds.py).
+"""Runs in, tables out: the CS224N table and the M-FAC comparison, from finished run folders.
+Nothing here trains (sweeps.py runs several seeds and the seed search).
 
 Every number written here is read from a run folder's all_results.json, which carries
 the command, device, date and commit that produced it.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import statistics
 from pathlib import Path
 
 from minbert.experiments import PRESETS, Experiment
+from minbert.plots import plot_table, table_run
 
 TABLE_METRICS = ("eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson", "eval_overall")
 
@@ -35,7 +35,7 @@ def table_row(run: dict) -> dict:
     return {"preset": run["preset"], "ours": {m: run.get(m) for m in TABLE_METRICS},
             "epochs_done": run["global_step"] / run["steps_per_epoch"], "epochs": run["config"]["epochs"],
             **{k: run[k] for k in ("model", "train_runtime", "device", "peak_memory_mb", "date", "command")},
-            "commit": run.get("commit")}
+            "commit": run.get("commit"), "dev_subset": run.get("dev_subset")}
 
 
 def planned_epochs(command: str) -> float:
@@ -71,7 +71,8 @@ def write_table(runs_dir, out_md, keep: bool = True):
     no run of, so a table can be filled over several sessions or machines; every row keeps
     its own command, device, date and commit."""
     out_md = Path(out_md)
-    rows = {r["preset"]: table_row(r) for r in read_runs(runs_dir) if r["preset"] in PRESETS and r["preset"] != "glue"}
+    found = [r for r in read_runs(runs_dir) if r["preset"] in PRESETS and r["preset"] != "glue"]
+    rows = {r["preset"]: table_row(r) for r in found}
     kept, replaced = [], []
     for row in earlier_rows(out_md.with_suffix(".json")) if keep else []:
         if row["preset"] in rows:
@@ -101,7 +102,11 @@ def write_table(runs_dir, out_md, keep: bool = True):
     short = [f"{r['preset']} ({r['epochs_done']:.2f} epochs on {r['device'].split(' (')[0]})"
              for r in ran if r["epochs_done"] < 10]
     missing = [r["preset"] for r in table if not r["ours"]]
+    subsets = [f"{r['preset']} ({', '.join(f'{t} {n}' for t, n in r['dev_subset'].items())} examples)"
+               for r in ran if r.get("dev_subset")]
     caveats = ""
+    if subsets:
+        caveats += f"\n**Scored on part of the dev sets only:** {', '.join(subsets)}.\n"
     if short:
         caveats += f"\n**Shorter than the paper's 10 epochs:** {', '.join(short)}; not comparable to its numbers.\n"
     if kept:
@@ -118,6 +123,9 @@ def write_table(runs_dir, out_md, keep: bool = True):
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
     out_md.with_suffix(".json").write_text(json.dumps(table, indent=2) + "\n")
+    curves = [table_run(r["dir"]) for r in found if (Path(r["dir"]) / "log.jsonl").exists()]
+    if any("eval_overall" in e for c in curves for e in c["history"]):
+        plot_table(curves, out_md.with_suffix(".png"))  # the overall dev score against epoch, every preset
     print(text)
 
 
@@ -129,67 +137,6 @@ def summarize(results: list[dict]) -> dict[str, tuple[float, float]]:
         xs = [r[k] for r in results]
         out[k] = (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
     return out
-
-
-def run_seeds(exp: Experiment, seeds: list[int], out: str | None):
-    """The same experiment once per seed; writes <out>/seeds.json and seeds.md (mean ± std)."""
-    from minbert.trainer import Trainer
-    out_dir = Path(out or f"runs/{exp.name}-seeds")
-    results = []
-    for s in seeds:
-        run = dataclasses.replace(exp, seed=s, output_dir=str(out_dir / f"seed-{s}"))
-        results.append({"seed": s, **Trainer(run).train()})
-    summary = summarize(results)
-    timing = {k: statistics.mean(r[k] for r in results) for k in ("train_runtime", "peak_memory_mb")}
-    # Time of one update without evaluation (older runs lack update_ms: then wall time per step).
-    step_time = statistics.mean(r["update_ms"] / 1000 if "update_ms" in r else r["train_runtime"] / max(1, r["train_steps"])
-                                for r in results)
-    lines = [f"# {exp.name}: {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
-             "| metric | mean ± std |", "|---|---|"]
-    lines += [f"| {k} | {100 * m:.2f} ± {100 * s:.2f} |" for k, (m, s) in summary.items()]
-    lines += ["", f"- mean wall time per run: {timing['train_runtime'] / 60:.1f} min; mean time per step: "
-              f"{1000 * step_time:.0f} ms; peak memory: {timing['peak_memory_mb'] / 1024:.2f} GiB",
-              f"- device: {results[0]['device']}; date: {results[0]['date']}; commit: {results[0].get('commit')}",
-              f"- command: `{results[0]['command']}`"]
-    (out_dir / "seeds.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "seeds.json").write_text(json.dumps({"config": exp.to_dict(), "runs": results,
-                                                    "summary": summary, "step_time_s": step_time}, indent=2) + "\n")
-    print("\n".join(lines))
-    return summary
-
-
-def run_sweep(exp: Experiment, t: int, f: float, p: int, out: str | None, complete_all: bool = True):
-    """Dodge et al. 2020 on one experiment: t runs with seeds seed, seed+1, ... (both the head
-    initialisation and the data order change with the seed), stopped at fraction f, the
-    best p continued. With complete_all, the stopped runs are then also trained to the end
-    so that the expected best of k fully trained runs can be set beside the search at
-    equal budget (those extra epochs are not part of the search's cost)."""
-    from minbert.seeds import start_many_stop_early, write_report
-    from minbert.trainer import Trainer
-    out_dir = Path(out or f"results/seeds_{exp.name}")
-    metric = "eval_overall"
-
-    def run_fn(run_id: int, start: float, stop: float) -> list[dict]:
-        s = exp.seed + run_id
-        run = dataclasses.replace(exp, seed=s, init_seed=s, data_seed=s, output_dir=str(out_dir / "runs" / f"run-{run_id}"))
-        print(f"sweep: run {run_id} (seed {s}) from {start:.2f} to {stop:.2f} of its budget", flush=True)
-        trainer = Trainer(run)  # its own progress bar
-        trainer.stop_step = max(1, int(stop * trainer.total_steps + 1e-9))  # last evaluation at or before `stop`
-        trainer.train()
-        return [{"fraction": e["step"] / trainer.total_steps, "step": e["step"], "score": e[metric], "seed": s}
-                for e in trainer.history if metric in e and start < e["step"] / trainer.total_steps <= stop + 1e-9]
-
-    result = start_many_stop_early(run_fn, t=t, f=f, p=p, epochs=exp.epochs)
-    full_scores = None
-    if complete_all:
-        full_scores = []
-        for run in result.runs:
-            evals = run.evals if not run.stopped_early else run.evals + run_fn(run.run_id, f, 1.0)
-            full_scores.append(max(e["score"] for e in evals))  # best checkpoint of the full run
-    write_report(result, out_dir, title=f"{exp.name}: start {t}, stop at {f:g}, continue {p}",
-                 full_run_scores=full_scores)
-    (out_dir / "config.json").write_text(json.dumps(exp.to_dict(), indent=2) + "\n")
-    return result
 
 
 # The M-FAC model cards (bert-tiny, 5 runs, GLUE dev): (F1 mean, std, accuracy mean, std).

@@ -7,12 +7,13 @@ Two papers:
   different results, and bad seeds show early. Their algorithm: start t runs,
   train each for a fraction f of the budget, continue only the best p to the
   end. Cost (t*f + p*(1-f)) * epochs, against t * epochs for training all.
+  Their grid of N init seeds x M data-order seeds is in seed_grid.py.
 - Dodge, Gururangan, Card, Schwartz, Smith (2019), "Show Your Work: Improved
   Reporting of Experimental Results". Expected validation performance: the
   expected best score of n runs, estimated from N observed runs.
 
 Pure Python and numpy; the training code supplies `run_fn`, so this file never
-touches torch. Matplotlib is imported only inside `write_report`.
+touches torch. Matplotlib is imported only inside the report writers.
 """
 
 import json

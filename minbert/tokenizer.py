@@ -2,6 +2,7 @@
 
 Single sentences are encoded `[CLS] A [SEP]`, pairs `[CLS] A [SEP] B [SEP]` with token
 types 0 for the first segment and 1 for the second (BERT paper, section 3, Figure 2).
+Calls read as with Hugging Face: `model(**tok(["a", "b"], return_tensors="pt"))`.
 """
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ def wordpiece_from_vocab(vocab_file: str | Path, lowercase: bool = True, strip_a
     return tk
 
 
+class BatchEncoding(dict):
+    """input_ids, token_type_ids, attention_mask: LongTensors (B, T). A dict, so `model(**enc)` works."""
+
+    def to(self, device) -> "BatchEncoding":
+        return BatchEncoding({k: v.to(device) for k, v in self.items()})
+
+
 class BertTokenizer:
     def __init__(self, tokenizer: Tokenizer):
         self.tk = tokenizer
@@ -62,11 +70,16 @@ class BertTokenizer:
     def vocab_size(self) -> int:
         return self.tk.get_vocab_size()
 
-    def __call__(self, texts, text_pairs=None, max_length: int = 128, padding=True, truncation: bool = True):
-        """texts: a string or list of strings (text_pairs likewise) -> dict of LongTensors (B, T).
+    def __call__(self, texts, text_pairs=None, max_length: int = 128, padding=True, truncation: bool = True,
+                 return_tensors: str = "pt") -> BatchEncoding:
+        """texts: a string or list of strings (text_pairs likewise) -> BatchEncoding of LongTensors (B, T).
 
         padding: True pads to the longest in the batch, "max_length" to max_length, False not at all
-        (then every sequence must have the same length to form a tensor)."""
+        (then every sequence must have the same length to form a tensor). return_tensors: only "pt"
+        (PyTorch), accepted so that Hugging Face-style calls run; encode_lists gives plain lists."""
+        if return_tensors != "pt":
+            raise ValueError(f"return_tensors={return_tensors!r} is not supported: this tokenizer returns "
+                             f"PyTorch tensors (return_tensors='pt'); for lists of ids use encode_lists()")
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         if text_pairs is not None:
@@ -85,11 +98,11 @@ class BertTokenizer:
             self.tk.no_padding()
         inputs = texts if text_pairs is None else list(zip(texts, text_pairs))
         enc = self.tk.encode_batch(inputs)
-        return {
-            "input_ids": torch.tensor([e.ids for e in enc], dtype=torch.long),
-            "token_type_ids": torch.tensor([e.type_ids for e in enc], dtype=torch.long),
-            "attention_mask": torch.tensor([e.attention_mask for e in enc], dtype=torch.long),
-        }
+        return BatchEncoding(
+            input_ids=torch.tensor([e.ids for e in enc], dtype=torch.long),
+            token_type_ids=torch.tensor([e.type_ids for e in enc], dtype=torch.long),
+            attention_mask=torch.tensor([e.attention_mask for e in enc], dtype=torch.long),
+        )
 
     def encode_lists(self, texts, text_pairs=None, max_length: int = 128) -> list[tuple[list[int], list[int]]]:
         """(token ids, token type ids) of many texts, truncated, unpadded: pre-tokenizes a data set once."""
@@ -99,4 +112,8 @@ class BertTokenizer:
         return [(e.ids, e.type_ids) for e in self.tk.encode_batch(inputs)]
 
     def decode(self, ids) -> str:
-        return self.tk.decode(list(ids))
+        return self.tk.decode([int(i) for i in ids])  # ints, so a tensor row works too
+
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        """[101, 7592, 102] -> ["[CLS]", "hello", "[SEP]"]: the word pieces, e.g. for plot labels."""
+        return [self.tk.id_to_token(int(i)) for i in ids]

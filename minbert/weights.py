@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import huggingface_hub
 import torch
+from safetensors.torch import load_file
 
-from minbert.config import BertConfig
+from minbert.config import BertConfig, check_attn_implementation
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.txt",
@@ -28,12 +30,12 @@ def resolve_model_dir(name_or_path: str | Path, need_weights: bool = True) -> Pa
     if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
         raise FileNotFoundError(f"no model folder at {path}")
     try:
-        from huggingface_hub import snapshot_download
         patterns = HUB_PATTERNS if need_weights else [p for p in HUB_PATTERNS if "safetensors" not in p]
-        folder = Path(snapshot_download(str(name_or_path), allow_patterns=patterns))
+        folder = Path(huggingface_hub.snapshot_download(str(name_or_path), allow_patterns=patterns))
         if need_weights and not any((folder / f).exists() for f in WEIGHT_FILES):
             # Older repos ship only pytorch_model.bin.
-            folder = Path(snapshot_download(str(name_or_path), allow_patterns=HUB_PATTERNS + ["pytorch_model.bin"]))
+            folder = Path(huggingface_hub.snapshot_download(str(name_or_path),
+                                                            allow_patterns=HUB_PATTERNS + ["pytorch_model.bin"]))
         return folder
     except Exception as e:  # network, auth, or repo errors all end the same way for the user
         raise OSError(
@@ -44,7 +46,6 @@ def resolve_model_dir(name_or_path: str | Path, need_weights: bool = True) -> Pa
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """Reads model.safetensors (single or sharded) or pytorch_model.bin, never executing pickled code."""
-    from safetensors.torch import load_file
     folder = Path(folder)
     single, index, legacy = (folder / f for f in WEIGHT_FILES)
     try:
@@ -90,7 +91,8 @@ def load_checked(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 
-def load_pretrained(cls, name_or_path, attn_implementation: str = "sdpa"):
+def load_pretrained(cls, name_or_path, attn_implementation: str = "math"):
+    attn_implementation = check_attn_implementation(attn_implementation)  # a bad name fails before any download
     folder = resolve_model_dir(name_or_path)
     config = BertConfig.from_json(folder / "config.json")
     config.attn_implementation = attn_implementation

@@ -12,7 +12,7 @@ from scipy import stats
 from minbert import BertConfig, BertModel
 from minbert import metrics
 from minbert.batches import Bucketed, Encoded, Stream, collate
-from minbert.heads import HEADS, MultitaskBert, TaskHead
+from minbert.heads import HEADS, MultitaskBert, make_head
 
 H = 8  # hidden size of the vectors fed to the heads
 
@@ -95,14 +95,14 @@ def _vectors(n_segments, B=3, seed=0):
     ("stsb", "linear", False, (3,)),
 ])
 def test_head_output_shapes(task, head, binary_logit, shape):
-    h = TaskHead(task, head, H, 0.1, binary_logit)
+    h = make_head(head, task, H, 0.1, binary_logit)
     out = h(_vectors(h.segments))
     assert out.shape == shape
     assert h.predict(out).shape == (3,)
 
 
 def test_cos_emb_loss_is_cosine_embedding_loss_with_threshold():
-    h = TaskHead("sts", "cos-emb", H, 0.0, True)
+    h = make_head("cos-emb", "sts", H, 0.0, True)
     assert list(h.parameters()) == []  # no STS linear layer
     u, v = _vectors(2, B=5)
     labels = torch.tensor([0.0, 2.5, 2.6, 5.0, 1.2])  # exactly 2.5 is not "similar"
@@ -114,7 +114,7 @@ def test_cos_emb_loss_is_cosine_embedding_loss_with_threshold():
 
 def test_cos_d_output_in_0_5():
     torch.manual_seed(0)
-    h = TaskHead("sts", "cos-d", H, 0.0, True)
+    h = make_head("cos-d", "sts", H, 0.0, True)
     u, v = _vectors(2, B=64, seed=1)
     out = h([u, v])
     assert out.min() >= 0.0 and out.max() <= 5.0
@@ -128,7 +128,7 @@ def test_cos_d_output_in_0_5():
 
 def test_cos_2d1_input_is_u_v_cos():
     torch.manual_seed(0)
-    h = TaskHead("sts", "cos-2d1", H, 0.0, True)
+    h = make_head("cos-2d1", "sts", H, 0.0, True)
     assert h.out.in_features == 2 * H + 1 and h.out.out_features == 1
     u, v = _vectors(2)
     features = torch.cat([u, v, F.cosine_similarity(u, v, dim=-1).unsqueeze(-1)], dim=-1)  # (3, 2H+1)
@@ -137,8 +137,8 @@ def test_cos_2d1_input_is_u_v_cos():
 
 def test_concat_input_width_and_losses():
     torch.manual_seed(0)
-    quora, sst, sts = (TaskHead("quora", "concat", H, 0.0, True), TaskHead("sst", "linear", H, 0.0, True),
-                       TaskHead("sts", "concat", H, 0.0, True))
+    quora, sst, sts = (make_head("concat", "quora", H, 0.0, True), make_head("linear", "sst", H, 0.0, True),
+                       make_head("concat", "sts", H, 0.0, True))
     assert quora.out.in_features == 2 * H and sst.out.in_features == H
     u, v = _vectors(2)
     y = quora([u, v])
@@ -153,29 +153,29 @@ def test_concat_input_width_and_losses():
 
 
 def test_predict_mappings():
-    ce = TaskHead("sst", "linear", H, 0.0, True)
+    ce = make_head("linear", "sst", H, 0.0, True)
     assert ce.predict(torch.tensor([[0.1, 2.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0, 4.0]])).tolist() == [1, 4]
-    bce = TaskHead("quora", "concat", H, 0.0, True)
+    bce = make_head("concat", "quora", H, 0.0, True)
     assert bce.predict(torch.tensor([-0.5, 0.0, 0.7])).tolist() == [0, 0, 1]  # logit > 0
-    two = TaskHead("mrpc", "linear", H, 0.0, False)
+    two = make_head("linear", "mrpc", H, 0.0, False)
     assert two.predict(torch.tensor([[0.2, 0.1], [0.0, 1.0]])).tolist() == [0, 1]
-    cos = TaskHead("sts", "cos-emb", H, 0.0, True)
+    cos = make_head("cos-emb", "sts", H, 0.0, True)
     assert cos.predict(torch.tensor([-1.0, 0.0, 0.6, 1.0])).tolist() == pytest.approx([0.0, 2.5, 4.0, 5.0])
     for head in ("concat", "cos-d", "cos-2d1"):  # scores are already on the 0..5 scale
         scores = torch.tensor([0.3, 4.2])
-        assert torch.equal(TaskHead("sts", head, H, 0.0, True).predict(scores), scores)
+        assert torch.equal(make_head(head, "sts", H, 0.0, True).predict(scores), scores)
 
 
 @pytest.mark.parametrize("task", ["sst", "quora", "mrpc"])
 @pytest.mark.parametrize("head", ["cos-emb", "cos-d", "cos-2d1"])
 def test_similarity_head_on_classification_task_is_an_error(task, head):
     with pytest.raises(ValueError, match="similarity"):
-        TaskHead(task, head, H, 0.1, True)
+        make_head(head, task, H, 0.1, True)
 
 
 def test_unknown_head_is_an_error():
     with pytest.raises(ValueError, match="unknown head 'bilinear'"):
-        TaskHead("sts", "bilinear", H, 0.1, True)
+        make_head("bilinear", "sts", H, 0.1, True)
     assert set(HEADS) == {"linear", "concat", "cos-emb", "cos-d", "cos-2d1"}
 
 

@@ -1,10 +1,15 @@
 """The encoder against reference outputs (tests/fixtures/make_fixtures.py), plus its properties."""
+import os
+import types
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import minbert.model
 from minbert import BertConfig, BertModel
 from minbert import pooling
+from minbert.model import check_sdpa_matches_math
 from conftest import FIXTURES, SHARED, need
 
 
@@ -58,7 +63,6 @@ def test_minilm_matches_transformers(minilm_dir, batch):
 
 def test_cs224n_sanity_check():
     """The CS224N starter's check on bert-base-uncased: runs where those weights are."""
-    import os
     ref_file = need(SHARED / "reference" / "cs224n" / "sanity_check.data", "CS224N sanity_check.data")
     weights = os.environ.get("MINBERT_BERT_BASE")
     if not weights:
@@ -74,7 +78,7 @@ def test_cs224n_sanity_check():
 
 def test_math_and_sdpa_attention_agree_with_padding():
     torch.manual_seed(0)
-    model = BertModel(small_config(num_hidden_layers=4)).eval()
+    model = BertModel(small_config(num_hidden_layers=4, attn_implementation="sdpa")).eval()
     ids = torch.randint(1, 100, (3, 12))
     mask = torch.ones_like(ids)
     mask[0, 5:] = 0
@@ -102,8 +106,82 @@ def test_padding_changes_nothing(attn):
     torch.testing.assert_close(long.last_hidden_state[:, :7], short.last_hidden_state, atol=1e-6, rtol=0)
     torch.testing.assert_close(long.pooler_output, short.pooler_output, atol=1e-6, rtol=0)
     for name in pooling.POOLERS:
-        torch.testing.assert_close(pooling.pool(name, long.last_hidden_state, padded_mask),
-                                   pooling.pool(name, short.last_hidden_state, torch.ones_like(ids)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(pooling.pool(name, long.last_hidden_state, padded_mask, model),
+                                   pooling.pool(name, short.last_hidden_state, torch.ones_like(ids), model),
+                                   atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "math"])
+def test_attentions_rows_sum_to_one_and_padding_keys_get_zero(attn):
+    torch.manual_seed(0)
+    model = BertModel(small_config(attn_implementation=attn)).eval()
+    ids = torch.randint(1, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    mask[2, 2:] = 0
+    with torch.no_grad():
+        out = model(ids, mask, output_attentions=True)
+        plain = model(ids, mask)
+    assert plain.attentions is None
+    assert isinstance(out.attentions, tuple) and len(out.attentions) == 2
+    pad = ~mask.bool()[:, None, None, :].expand(3, 4, 9, 9)  # (B, nh, T, T): padding key columns
+    for att in out.attentions:
+        assert att.shape == (3, 4, 9, 9)
+        assert (att[pad] == 0).all()  # exactly zero, not merely small
+        torch.testing.assert_close(att.sum(-1), torch.ones(3, 4, 9), atol=1e-6, rtol=0)
+    # Asking for the weights runs the math path for that call, which gives the same hidden states.
+    torch.testing.assert_close(out.last_hidden_state, plain.last_hidden_state, atol=1e-6, rtol=0)
+    assert model.config.attn_implementation == attn
+
+
+@pytest.mark.parametrize("layer", [0, 5])
+def test_minilm_attentions_match_transformers_eager(minilm_dir, layer):
+    model = BertModel.from_pretrained(minilm_dir, attn_implementation="sdpa")
+    ref = load_file(str(FIXTURES / "minilm_reference.safetensors"))
+    want = load_file(str(FIXTURES / "minilm_attentions.safetensors"))[f"pair.attentions.{layer}"]
+    with torch.no_grad():
+        out = model(ref["pair.input_ids"], ref["pair.attention_mask"], ref["pair.token_type_ids"],
+                    output_attentions=True)
+    got = out.attentions[layer]  # (4, 12, T, T)
+    real = ref["pair.attention_mask"].bool()  # (4, T)
+    assert (~real).any()
+    torch.testing.assert_close(got.transpose(1, 2)[real], want.transpose(1, 2)[real], atol=1e-5, rtol=0)
+    assert (got[~real[:, None, None, :].expand_as(got)] == 0).all()
+
+
+def test_attn_implementation_names():
+    assert BertConfig().attn_implementation == "math"  # the code you read is the code that runs by default
+    assert BertModel.from_pretrained(FIXTURES / "tiny12").config.attn_implementation == "math"
+    assert BertConfig(attn_implementation="eager").attn_implementation == "math"  # Hugging Face's name
+    model = BertModel(small_config())
+    allowed = "must be 'math' or 'sdpa'.*not 'flash'"
+    with pytest.raises(ValueError, match=allowed):
+        BertConfig(attn_implementation="flash")
+    with pytest.raises(ValueError, match=allowed):
+        BertModel.from_pretrained(FIXTURES / "tiny12", attn_implementation="flash")
+    with pytest.raises(ValueError, match=allowed):
+        model.set_attn_implementation("flash")
+    model.set_attn_implementation("sdpa")
+    assert all(layer.attention.self.use_sdpa for layer in model.encoder.layer)
+
+
+def test_sdpa_check_passes_on_the_code_and_keeps_the_random_stream():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert check_sdpa_matches_math() < 1e-5
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_sdpa_check_fails_when_the_math_path_drops_the_scaling(monkeypatch):
+    monkeypatch.setattr(minbert.model, "math", types.SimpleNamespace(sqrt=lambda d: 1.0))  # no 1/sqrt(d_k)
+    with pytest.raises(RuntimeError) as e:
+        check_sdpa_matches_math()
+    msg = str(e.value)
+    assert "BertSelfAttention.forward" in msg
+    assert "torch.nn.functional.scaled_dot_product_attention" in msg
+    assert "max difference" in msg
+    assert "run without --fast (attention runs the math path) to train with your version" in msg
 
 
 def test_pooling_by_hand():

@@ -119,3 +119,47 @@ def test_pcgrad_backward_equals_plain_backward_without_conflict():
     assert len(plain) == len(ours)
     for a, b in zip(plain, ours):
         assert torch.allclose(a, b)
+
+
+# ---------------------------------------------------------------- Algorithm 1, line by line
+# Yu et al. 2020, Algorithm 1 (project_conflicting):
+#   line 5  if g_i^PC . g_j < 0                                   the conflict test
+#   line 7  g_i^PC = g_i^PC - (g_i^PC . g_j) / ||g_j||^2 g_j       the projection
+
+def test_pcgrad_conflict_test_projects_only_negative_dot_products():
+    cases = {"agree (dot 1 > 0)": [[1.0, 0.0], [1.0, 1.0]],
+             "orthogonal (dot 0)": [[1.0, 0.0], [0.0, 2.0]],
+             "conflict (dot -1 < 0)": [[1.0, 0.0], [-1.0, 1.0]]}
+    for name, rows in cases.items():
+        G = torch.tensor(rows)
+        changed = not torch.equal(project_conflicting(G, torch.Generator().manual_seed(0)), G)
+        assert changed == name.startswith("conflict"), (
+            f"project_conflicting: gradients that {name} must be "
+            f"{'projected' if name.startswith('conflict') else 'left unchanged'}: project g_i only "
+            f"when g_i^PC . g_j < 0 (Yu et al. 2020, Algorithm 1 line 5)")
+
+
+def test_pcgrad_projection_removes_the_conflicting_component():
+    # g1 = [1, 0], g2 = [-1, 1], g1 . g2 = -1:
+    #   g1^PC = g1 - (-1 / ||g2||^2) g2 = [1, 0] + [-1, 1] / 2 = [0.5, 0.5]
+    #   g2^PC = g2 - (-1 / ||g1||^2) g1 = [-1, 1] + [1, 0]     = [0.0, 1.0]
+    G = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    P = project_conflicting(G, torch.Generator().manual_seed(0))
+    expected = torch.tensor([[0.5, 0.5], [0.0, 1.0]])
+    assert torch.allclose(P, expected), (
+        f"project_conflicting: a conflicting g_i must become g_i - (g_i . g_j) / ||g_j||^2 g_j, its "
+        f"projection onto the normal plane of g_j (Yu et al. 2020, Algorithm 1 line 7): got {P.tolist()}, "
+        f"expected {expected.tolist()}")
+    # in 7 dimensions, against the formula written out
+    gen = torch.Generator().manual_seed(1)
+    g1 = torch.randn(7, generator=gen)
+    g2 = -g1 + 0.5 * torch.randn(7, generator=gen)  # conflicting
+    P = project_conflicting(torch.stack([g1, g2]))
+    for i, (gi, gj) in enumerate(((g1, g2), (g2, g1))):
+        want = gi - (gi @ gj) / (gj @ gj) * gj
+        assert torch.allclose(P[i], want, atol=1e-6), (
+            f"project_conflicting: g_{i + 1}^PC must be g_i - (g_i . g_j) / ||g_j||^2 g_j (Yu et al. 2020, "
+            f"Algorithm 1 line 7): got {P[i].tolist()}, expected {want.tolist()}")
+        assert abs(P[i] @ gj) < 1e-5, (
+            f"project_conflicting: after the projection g_{i + 1}^PC . g_j must be 0, got {(P[i] @ gj).item():.3g} "
+            f"(Yu et al. 2020, Algorithm 1 line 7)")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import evaluate
-from minbert import report
+from minbert import report, sweeps
 from conftest import tiny_experiment
 
 
@@ -24,6 +24,7 @@ def test_evaluate_writes_cs224n_prediction_files(gse_run, tiny_data):
     assert evaluate.main([str(gse_run), "--device", "cpu"]) == 0
     results = json.loads((gse_run / "evaluate_results.json").read_text())
     best = json.loads((gse_run / "eval_results.json").read_text())
+    assert results.pop("weights") == str(gse_run / "best" / "model.safetensors")
     assert results == pytest.approx({k: v for k, v in best.items() if k != "epoch"})  # the best checkpoint again
     expected = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase", "sts": "Predicted_Similarity"}
     for short, column in expected.items():
@@ -63,7 +64,7 @@ def test_seeds_summary_and_optimizer_comparison(tiny_model, tiny_data, tmp_path)
     for optim, args in (("adam", {}), ("mfac", {"num_grads": 4, "damp": 1e-3})):
         exp = tiny_experiment("glue", tiny_model, tiny_data, tmp_path / optim, tasks=("mrpc",), max_steps=2,
                               optim="mfac" if optim == "mfac" else "adamw", optim_args=args)
-        summary = report.run_seeds(exp, [1, 2], str(tmp_path / optim))
+        summary = sweeps.run_seeds(exp, [1, 2], str(tmp_path / optim))
         per_run = [json.loads((tmp_path / optim / f"seed-{s}" / "eval_results.json").read_text()) for s in (1, 2)]
         f1s = [r["eval_f1"] for r in per_run]
         assert summary["eval_f1"][0] == pytest.approx(sum(f1s) / 2)
@@ -76,7 +77,7 @@ def test_seeds_summary_and_optimizer_comparison(tiny_model, tiny_data, tmp_path)
 def test_sweep_report(tiny_model, tiny_data, tmp_path):
     exp = tiny_experiment("glue", tiny_model, tiny_data, tmp_path / "unused", tasks=("mrpc",), max_steps=0,
                           epochs=1, steps_per_epoch=4, eval_per_epoch=4)
-    result = report.run_sweep(exp, t=3, f=0.5, p=1, out=str(tmp_path / "sweep"))
+    result = sweeps.run_sweep(exp, t=3, f=0.5, p=1, out=str(tmp_path / "sweep"))
     assert len(result.continued) == 1 and result.cost_epochs == pytest.approx(3 * 0.5 + 1 * 0.5)
     for f in ("runs.json", "table.md", "expected_max.png", "curves.png", "config.json"):
         assert (tmp_path / "sweep" / f).stat().st_size > 0

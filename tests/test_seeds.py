@@ -7,9 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from minbert.seeds import (
-    expected_max, expected_max_curve, full_training_baseline, start_many_stop_early, write_report,
-)
+from minbert.seeds import expected_max, expected_max_curve, full_training_baseline, start_many_stop_early, write_report
 
 # ---------------------------------------------------------------------------
 # expected_max
@@ -192,3 +190,7 @@ def test_write_report_without_baseline(tmp_path):
     data = json.loads((tmp_path / "out" / "runs.json").read_text())
     assert data["equal_budget_baseline"] is None
     assert (tmp_path / "out" / "curves.png").exists()
+
+
+# ---------------------------------------------------------------------------
+# The init-seed x data-seed grid

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from minbert import BertTokenizer
+from minbert import BertConfig, BertModel, BertTokenizer
 from minbert.tokenizer import wordpiece_from_vocab
 from conftest import FIXTURES
 
@@ -39,6 +39,30 @@ def test_batch_padding_and_pairs(tmp_path):
     assert tok("cat bird")["input_ids"].tolist() == [[2, 6, 1, 3]]  # unknown word -> [UNK]
     with pytest.raises(ValueError, match="2 texts but 1 text_pairs"):
         tok(["a", "b"], ["c"])
+
+
+def test_hugging_face_style_calls(tmp_path):
+    """tok(texts, return_tensors="pt"), the pair form, and model(**enc) as with transformers."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "dog", "##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizer(wordpiece_from_vocab(tmp_path / "vocab.txt"))
+    enc = tok(["the cat", "dogs"], return_tensors="pt")
+    assert set(enc) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert enc["input_ids"].tolist() == [[2, 5, 6, 3], [2, 8, 9, 3]]
+    pairs = tok(["the cat", "dogs"], ["sat", "the dogs sat"], padding="max_length", max_length=7,
+                truncation=True, return_tensors="pt").to("cpu")
+    # the longer segment loses pieces first: "the dogs sat" -> "the dog"
+    assert pairs["input_ids"].tolist() == [[2, 5, 6, 3, 7, 3, 0], [2, 8, 9, 3, 5, 8, 3]]
+    assert pairs["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1, 1]]
+    assert pairs["attention_mask"].tolist() == [[1] * 6 + [0], [1] * 7]
+    assert tok.convert_ids_to_tokens(enc["input_ids"][1]) == ["[CLS]", "dog", "##s", "[SEP]"]
+    assert tok.decode(enc["input_ids"][1]) == "dogs"  # a tensor row; special tokens are skipped
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32, max_position_embeddings=16))
+    assert model(**pairs).last_hidden_state.shape == (2, 7, 16)
+    for bad in ("np", "tf", None):
+        with pytest.raises(ValueError, match="return_tensors=.* is not supported.*return_tensors='pt'"):
+            tok(["the cat"], return_tensors=bad)
 
 
 def test_vocab_without_special_tokens_is_refused(tmp_path):

@@ -13,7 +13,10 @@ import train_multitask
 from conftest import tiny_experiment
 from minbert.batches import Bucketed
 from minbert.experiments import PRESETS, preset
-from minbert.trainer import Trainer, load_run
+from minbert import checkpoint
+from minbert.build import load_run, read_data
+from minbert.evaluation import evaluate
+from minbert.trainer import Trainer
 
 MULTITASK_KEYS = {"eval_sst_accuracy", "eval_quora_accuracy", "eval_quora_f1", "eval_sts_pearson",
                   "eval_sts_spearmanr", "eval_overall"}
@@ -76,7 +79,9 @@ def test_load_run_reproduces_best_metrics(tiny_model, tiny_data, tmp_path):
     loaded = load_run(tmp_path, device="cpu")
     assert_same_weights(trained.model, loaded.model)
     evals = read_json(tmp_path / "eval_results.json")
-    assert {f"eval_{k}": v for k, v in loaded.evaluate().items()} == {k: v for k, v in evals.items() if k != "epoch"}
+    dev = read_data(loaded.exp, loaded.tokenizer, "dev", 8)
+    scores = evaluate(loaded.model, dev, 8, loaded.tokenizer.pad_token_id, loaded.device)
+    assert {f"eval_{k}": v for k, v in scores.items()} == {k: v for k, v in evals.items() if k.startswith("eval_")}
 
 
 # ---------------------------------------------------------------- the updates learn
@@ -119,7 +124,7 @@ def test_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path)
     a.train()  # 6 steps, evaluated and checkpointed every 2
     b = Trainer(tiny_experiment(name, tiny_model, tiny_data, b_dir, max_steps=4, **common), quiet=True)
     b.train()  # cut off after step 4
-    assert [p.name for p in b.checkpoints()] == ["checkpoint-4"]
+    assert [p.name for p in checkpoint.checkpoints(b_dir)] == ["checkpoint-4"]
     cost = torch.load(b_dir / "checkpoint-4" / "state.pt", weights_only=True)["cost"]
     c = Trainer(tiny_experiment(name, tiny_model, tiny_data, b_dir, max_steps=0, **common), quiet=True)
     result = c.train()
@@ -140,7 +145,7 @@ def test_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path)
     # The same log, except the line B wrote when it stopped at step 4.
     cut_line = {"step", "epoch", "loss", "loss_sst", "loss_quora", "loss_sts", "lr"}
     assert [e for e in c.history if not (e["step"] == 4 and set(e) == cut_line)] == a.history
-    assert [p.name for p in c.checkpoints()] == ["checkpoint-6"]  # only the latest is kept
+    assert [p.name for p in checkpoint.checkpoints(b_dir)] == ["checkpoint-6"]  # only the latest is kept
 
 
 # ---------------------------------------------------------------- seeds
@@ -263,11 +268,15 @@ def cli_exit_code(argv) -> int:
     (["--preset", "gse", "--lr", "fast"], "--lr"),
     (["--preset", "gse,nope"], "unknown preset 'nope'"),  # several presets: each checked before any starts
     (["--preset", "gse,smart", "--epochs", "0"], "epochs must be > 0"),
-    (["--preset", "gse,smart", "--seeds", "1,2"], "leave out --task_name, --seeds, --sweep, --name and --table"),
-    (["--preset", "gse,smart", "--lr", "-1"], "preset gse: experiment 'gse': lr and weight_decay must be >= 0"),
+    (["--preset", "gse,smart", "--seeds", "1,2"], "leave out --task_name, --seeds, --sweep, --grid, --name and --table"),
+    (["--preset", "gse,smart", "--lr", "-1"], "preset gse: experiment 'gse': lr must be >= 0"),
     (["--preset", "gse,gse"], "give each preset once"),
     (["--preset", "gse,"], "no empty names"),
     (["--preset", "gse", "--jobs", "2"], "--jobs is for several presets"),
+    (["--preset", "gse", "--grid", "4"], "--grid '4': give N,M, two whole numbers >= 2"),
+    (["--preset", "gse", "--attn_implementation", "flash"], "unrecognized arguments: --attn_implementation"),
+    (["--preset", "gse", "--max_step", "3"], "unrecognized arguments: --max_step"),  # no abbreviations
+    (["--preset", "gse", "--pooling", "sum"], "unknown pooling 'sum'; choose one of cls, mean, max, pooler"),
     (["--preset", "gse,smart", "--data_dir", "{tmp}/nope"], "{tmp}/nope/cs224n/ids-sst-train.csv: file not found"),
     (["--preset", "gse,smart", "--model", "{tmp}/nope"], "no model folder at {tmp}/nope"),
 ])

@@ -1,9 +1,12 @@
 """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019, "Decoupled Weight
 Decay Regularization", Algorithm 2; Adam of Kingma & Ba 2015, Algorithm 1).
 
-`step()` follows the paper's lines as numbered comments. A second code path does the same
-arithmetic over all tensors at once with torch._foreach_* kernels (one launch per
-operation instead of one per tensor), which matters on a GPU; tests keep the two equal.
+`step()` follows the paper's lines as numbered comments in `_update`, the path that runs by
+default. A second code path, `foreach=True` (what --fast picks), does the same arithmetic
+over all tensors at once with torch._foreach_* kernels (one launch per operation instead of
+one per tensor), which matters on a GPU; tests keep the two equal, and a run that takes the
+second path first checks it against the first (`check_foreach_matches_loop`), so an edit to
+`_update` is never silently left out of a run.
 
 `compile=True` hands that foreach function to torch.compile, which fuses its eight
 passes over memory into one kernel, as torch's `fused=True` AdamW does by hand
@@ -18,7 +21,7 @@ import torch
 
 class AdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, foreach: bool | None = None, compile: bool = False):
+                 weight_decay: float = 0.01, foreach: bool = False, compile: bool = False):
         if lr < 0.0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
@@ -48,8 +51,7 @@ class AdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)  # m: first moment
                     state["exp_avg_sq"] = torch.zeros_like(p)  # v: second moment
                 state["step"] += 1
-            use_foreach = self.foreach if self.foreach is not None else True  # same math, fewer kernel launches
-            (self._update_foreach if use_foreach or self.compile else self._update)(group, params)
+            (self._update_foreach if self.foreach or self.compile else self._update)(group, params)
         return loss
 
     def _update(self, group, params):
@@ -115,3 +117,30 @@ def _compiled_adamw_foreach():
     if _COMPILED is None:
         _COMPILED = torch.compile(adamw_foreach)
     return _COMPILED
+
+
+def check_foreach_matches_loop(atol: float = 1e-6):
+    """Three steps of AdamW._update and of the multi-tensor path on tiny tensors, compared.
+    A run that takes the fast path calls this first (minbert/fastpaths.py): a difference
+    means one of them was edited, and the run would not train with the readable one."""
+    torch.manual_seed(0)
+    shapes = [(4, 3), (3,)]
+    start = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, dtype=torch.float64) for s in shapes] for _ in range(3)]
+    result = {}
+    for foreach in (False, True):
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        opt = AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=1e-2,
+                    betas=(0.9, 0.99), weight_decay=0.1, foreach=foreach)
+        for gs in grads:
+            for p, g in zip(params, gs):
+                p.grad = g.clone()
+            opt.step()
+        result[foreach] = params
+    diff = max((a - b).abs().max().item() for a, b in zip(result[False], result[True]))
+    if not diff <= atol:
+        raise RuntimeError(
+            f"AdamW._update (the readable step in minbert/optim/adamw.py) and adamw_foreach (the multi-tensor "
+            f"step that --fast and --compile run instead) differ by {diff:.3g} after 3 steps on tiny tensors, "
+            f"so this run would not train with AdamW._update as it is written. Run without --fast and "
+            f"--compile to train with AdamW._update, or make adamw_foreach compute the same")

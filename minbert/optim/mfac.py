@@ -24,12 +24,31 @@ system is solved directly, O(m^3), small next to the O(m d) products when d >> m
 (The paper's cheaper incremental update of the m x m coefficients is left out for
 readability; a fresh solve cannot drift.)
 
-Update, per param group (lr, weight_decay, momentum may differ between groups):
-    p   <- p - lr * weight_decay * p        decoupled weight decay (AdamW-style), first
-    buf <- momentum * buf + F^{-1} g        heavy ball on the preconditioned direction
-    p   <- p - lr * buf                     (buf = F^{-1} g when momentum = 0)
-A parameter whose .grad is None counts as a zero gradient in g (and in its stored
-row) and is left untouched at that step: no decay, no update, its momentum kept.
+Update, per param group (lr, weight_decay, momentum may differ between groups). Weight
+decay and momentum each come in two forms; the defaults are those of the authors' code
+(IST-DASLab/M-FAC, optim.py), so that lr, weight_decay and momentum mean what they mean
+there and in the paper's runs.
+
+weight_decay_mode="preconditioned" (default): the decay is added to the gradient before
+it is written into the buffer, so it is preconditioned with it and is part of the window:
+    g <- grad + weight_decay * p            (this g is the row written into G)
+weight_decay_mode="decoupled" (AdamW-style): G holds the bare gradient and the weights
+shrink apart from the preconditioner, before the step:
+    g <- grad,   p <- p - lr * weight_decay * p
+
+momentum_mode="average" (default): v is a running average of the preconditioned updates,
+    v <- momentum * v + (1 - momentum) * F^{-1} g
+momentum_mode="heavy_ball": v sums them,
+    v <- momentum * v + F^{-1} g
+then, in both,
+    p <- p - lr * v                         (v = F^{-1} g when momentum = 0)
+Both start from v = 0, so the heavy-ball v is exactly the average's v / (1 - momentum):
+heavy_ball at lr steps like average at lr / (1 - momentum) (10x at momentum 0.9).
+(minbert before issue 15 used decoupled + heavy_ball.)
+
+A parameter whose .grad is None counts as a zero gradient in g (and in its stored row:
+no weight_decay * p either) and is left untouched at that step: no decay, no update,
+its momentum kept.
 
 buffer_dtype=torch.bfloat16 stores G in bf16 (half the memory). g is rounded to bf16
 when it is written, and the update is F^{-1} of that rounded g (so it stays exactly in
@@ -41,12 +60,17 @@ alone is ~2e-3). Both grow with the conditioning of the window: at cosine 0.99 b
 differs by ~3e-2.
 
 State (buffer, Gram matrix, step count, momentum) lives on the optimizer, not per
-parameter; state_dict/load_state_dict carry it under the key "mfac". As in torch.optim,
-state_dict returns live tensors: save or copy it before the next step.
+parameter; state_dict/load_state_dict carry it under the key "mfac", with momentum_mode:
+a saved momentum is refused by the other mode (checkpoints from before the option count
+as heavy_ball). As in torch.optim, state_dict returns live tensors: save or copy it
+before the next step.
 """
 import os
 
 import torch
+
+WEIGHT_DECAY_MODES = ("preconditioned", "decoupled")  # the first is the default (the authors')
+MOMENTUM_MODES = ("average", "heavy_ball")  # the first is the default (the authors')
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -80,15 +104,22 @@ def _human(x: float, unit: str = "") -> str:
 class MFAC(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-4, num_grads: int = 1024, damp: float = 1e-6,
                  momentum: float = 0.0, weight_decay: float = 0.0,
-                 buffer_dtype: torch.dtype = torch.float32, check_memory: bool = True):
+                 buffer_dtype: torch.dtype = torch.float32, check_memory: bool = True,
+                 weight_decay_mode: str = "preconditioned", momentum_mode: str = "average"):
         if not (isinstance(num_grads, int) and num_grads >= 1):
             raise ValueError(f"num_grads must be an int >= 1, got {num_grads!r}")
         if not damp > 0.0:
             raise ValueError(f"damp must be > 0 (it keeps F invertible), got {damp}")
         if buffer_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"buffer_dtype must be torch.float32 or torch.bfloat16, got {buffer_dtype}")
+        if weight_decay_mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(f"weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, "
+                             f"got {weight_decay_mode!r}")
+        if momentum_mode not in MOMENTUM_MODES:
+            raise ValueError(f"momentum_mode must be one of {MOMENTUM_MODES}, got {momentum_mode!r}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         self.damp = damp
+        self.weight_decay_mode, self.momentum_mode = weight_decay_mode, momentum_mode
         devices = {p.device for group in self.param_groups for p in group["params"]}
         if len(devices) != 1:
             raise ValueError(f"M-FAC keeps one buffer for all its parameters; they must share "
@@ -122,7 +153,8 @@ class MFAC(torch.optim.Optimizer):
         if hasattr(self, "grads"):
             raise ValueError("M-FAC sizes its gradient buffer at construction; "
                              "pass every parameter group to MFAC(...)")
-        shared = {"num_grads", "damp", "buffer_dtype", "check_memory"} & set(param_group)
+        shared = {"num_grads", "damp", "buffer_dtype", "check_memory",
+                  "weight_decay_mode", "momentum_mode"} & set(param_group)
         if shared:
             raise ValueError(f"{sorted(shared)} belong to the one shared buffer: set them in "
                              f"MFAC(...), not per param group")
@@ -169,14 +201,17 @@ class MFAC(torch.optim.Optimizer):
         m = self.grads.shape[0]
         j = self.num_steps % m
 
-        # 1. g = the newest gradient, all parameters flattened (grad None -> zeros),
-        #    written into ring row j; the oldest gradient drops out once the ring is full
+        # 1. g = the newest gradient, all parameters flattened (grad None -> zeros), plus
+        #    weight_decay * p in "preconditioned" mode; written into ring row j (the oldest
+        #    gradient drops out once the ring is full)
         row = self.grads[j]
-        for _, p, s in self._slices():
+        for group, p, s in self._slices():
             if p.grad is None:
                 row[s].zero_()
             elif p.grad.is_sparse:
                 raise RuntimeError("M-FAC does not support sparse gradients")
+            elif group["weight_decay"] and self.weight_decay_mode == "preconditioned":
+                row[s].copy_(torch.add(p.grad, p, alpha=group["weight_decay"]).reshape(-1))
             else:
                 row[s].copy_(p.grad.reshape(-1))
         g = row.float()  # (d,) as stored (rounded to buffer_dtype)
@@ -199,19 +234,20 @@ class MFAC(torch.optim.Optimizer):
         # 4. the preconditioned gradient F^{-1} g = m * G^T x                         O(m d)
         u = m * self._rmatvec(x)
 
-        # 5. per parameter: decoupled weight decay, heavy-ball momentum, step
+        # 5. per parameter: decoupled weight decay (that mode only), momentum, step
         if self.momentum_buffer is None and any(gr["momentum"] for gr in self.param_groups):
             self.momentum_buffer = torch.zeros_like(u)
         for group, p, s in self._slices():
             if p.grad is None:
                 continue
-            lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
-            if wd:
+            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            if wd and self.weight_decay_mode == "decoupled":
                 p.mul_(1.0 - lr * wd)  # p <- p - lr * wd * p
-            direction = u[s]
-            if beta:
-                direction = self.momentum_buffer[s].mul_(beta).add_(u[s])  # buf <- beta buf + F^{-1} g
-            p.add_(direction.view_as(p), alpha=-lr)  # p <- p - lr * buf
+            v = u[s]
+            if mu:  # average: v <- mu v + (1 - mu) F^{-1} g;  heavy_ball: v <- mu v + F^{-1} g
+                weight = 1.0 - mu if self.momentum_mode == "average" else 1.0
+                v = self.momentum_buffer[s].mul_(mu).add_(u[s], alpha=weight)
+            p.add_(v.view_as(p), alpha=-lr)  # p <- p - lr * v
 
         self.num_steps += 1
         return loss
@@ -219,7 +255,7 @@ class MFAC(torch.optim.Optimizer):
     def state_dict(self):
         state = super().state_dict()  # param_groups (lr, momentum, weight_decay); no per-param state
         state["mfac"] = {"grads": self.grads, "gram": self.gram, "num_steps": self.num_steps,
-                         "momentum_buffer": self.momentum_buffer}
+                         "momentum_buffer": self.momentum_buffer, "momentum_mode": self.momentum_mode}
         return state
 
     def load_state_dict(self, state_dict):
@@ -228,6 +264,11 @@ class MFAC(torch.optim.Optimizer):
         if tuple(saved["grads"].shape) != tuple(self.grads.shape):
             raise ValueError(f"saved M-FAC buffer is {tuple(saved['grads'].shape)} (m, d) but this "
                              f"optimizer's is {tuple(self.grads.shape)}: use the same params and num_grads")
+        # an average and a heavy-ball v differ by a factor 1 - momentum: refuse to mix them
+        saved_mode = saved.get("momentum_mode", "heavy_ball")  # saved before the option: heavy_ball
+        if saved["momentum_buffer"] is not None and saved_mode != self.momentum_mode:
+            raise ValueError(f"saved M-FAC momentum is {saved_mode!r} but this optimizer's momentum_mode "
+                             f"is {self.momentum_mode!r}: pass momentum_mode={saved_mode!r} to resume")
         super().load_state_dict(state_dict)
         self.grads.copy_(saved["grads"])  # copy_ keeps this optimizer's device and buffer_dtype
         self.gram.copy_(saved["gram"])

@@ -1,0 +1,91 @@
+"""From an `Experiment` to the things a run holds: the device, the tokenizer and model, the
+encoded data; and a finished run folder back to a model that predicts.
+
+Why apart from the trainer: evaluating, exporting or drawing attention needs a model and
+its dev data, never the training sets, optimizers or checkpoint machinery (nanochat's
+checkpoint_manager.build_model is the same cut). Nothing here builds an optimizer or reads
+a training split unless asked for it by name.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from minbert.batches import Encoded, encode
+from minbert.data import TASKS, read_split
+from minbert.experiments import Experiment
+from minbert.heads import MultitaskBert
+from minbert.model import BertModel
+from minbert.tokenizer import BertTokenizer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def build_model(exp: Experiment, device: torch.device) -> tuple[BertTokenizer, MultitaskBert]:
+    """The pre-trained encoder (readable attention, or SDPA with --fast) and fresh task heads,
+    initialised from exp.init_seed (or exp.seed)."""
+    tokenizer = BertTokenizer.from_pretrained(exp.model)
+    bert = BertModel.from_pretrained(exp.model, attn_implementation="sdpa" if exp.fast else "math")
+    torch.manual_seed(exp.seed if exp.init_seed < 0 else exp.init_seed)  # the new heads' initial weights
+    model = MultitaskBert(bert, exp.heads, exp.pooling, exp.head_dropout, exp.binary_logit)
+    return tokenizer, model.to(device)
+
+
+def read_data(exp: Experiment, tokenizer: BertTokenizer, split: str, max_examples: int = 0) -> dict[str, Encoded]:
+    """{task: the split tokenized}; the first max_examples of each when > 0. Malformed rows
+    are skipped or raise as exp.bad_rows says (data.read_file warns once, naming the lines)."""
+    out = {}
+    for t in exp.tasks:
+        rows = read_split(t, exp.data_dir, split, on_error=exp.bad_rows)
+        if max_examples > 0:
+            rows = rows[:max_examples]
+        out[t] = encode(tokenizer, rows, exp.pair_input == "siamese" and TASKS[t].pair, exp.max_length)
+    return out
+
+
+@dataclass
+class FinishedRun:
+    """A run folder's configuration, tokenizer and trained model, ready to predict."""
+    exp: Experiment
+    tokenizer: BertTokenizer
+    model: MultitaskBert
+    device: torch.device
+    weights: Path
+
+
+def run_weights(run_dir: Path, which: str = "best") -> Path:
+    """best/model.safetensors, or the latest checkpoint's; a clear error when there is none."""
+    if which == "best":
+        path = run_dir / "best" / "model.safetensors"
+    else:
+        ckpts = sorted((p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()),
+                       key=lambda p: int(p.name.split("-")[1]))
+        path = ckpts[-1] / "model.safetensors" if ckpts else run_dir / "checkpoint-<step>" / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"no weights at {path}; did the run evaluate at least once?")
+    return path
+
+
+def load_run(run_dir: str | Path, device: str = "auto", which: str = "best") -> FinishedRun:
+    """A run folder -> its model with the best (or the latest checkpoint's) weights, in eval mode."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.json")
+    exp = Experiment.from_dict(json.loads((run_dir / "config.json").read_text()))
+    weights = run_weights(run_dir, which)
+    dev = resolve_device(device)
+    tokenizer, model = build_model(exp, dev)
+    model.load_state_dict(load_file(str(weights), device=str(dev)))
+    model.eval()
+    return FinishedRun(exp, tokenizer, model, dev, weights)

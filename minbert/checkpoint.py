@@ -1,0 +1,174 @@
+"""The run folder: its configuration, checkpoints, best weights and final record.
+
+Functions that take the folder, the model, the optimizers and a plain `progress` dict
+(step, best, history, ...), so the training loop reads without file handling in it.
+
+    runs/<name>/config.json         the Experiment, written once when the run starts, never again
+    runs/<name>/checkpoint-<step>/  model.safetensors + state.pt (optimizers, random states,
+                                    progress); the latest only, written to a temporary folder
+                                    and renamed, so a killed run never leaves half a checkpoint
+    runs/<name>/best/               model.safetensors of the best overall dev score
+    runs/<name>/eval_results.json, all_results.json, trainer_state.json   run_glue's names
+
+A folder that holds a run takes only the same configuration again (then it resumes, or is
+left alone when finished); any other stops before work, naming the fields that differ,
+unless overwrite_output_dir starts it afresh.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import resource
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from minbert.experiments import RESUMABLE, Experiment
+
+
+class CheckpointError(ValueError):
+    """A checkpoint in the run folder cannot be resumed from; the message names the file."""
+
+
+class RunFolderError(ValueError):
+    """The output folder holds another run; the message names the fields that differ."""
+
+
+@contextlib.contextmanager
+def reading(path: Path):
+    """Any failure to read or apply `path` becomes one CheckpointError naming it."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError):  # weights_only=True refused it; nothing was run
+            why = "it holds pickled objects other than tensors (refused, not run)"
+        else:
+            why = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        raise CheckpointError(f"cannot resume from {path}: {why}. Move {path.parent} away "
+                              f"(or use another --output_dir) to start this run from scratch") from None
+
+
+# ---------------------------------------------------------------- the folder and its config
+
+def config_differences(out: Path, exp: Experiment) -> list[str]:
+    """Fields whose value differs from the config.json of the run already in `out` ("name: old -> new")."""
+    path = out / "config.json"
+    if not path.exists():
+        return []
+    try:
+        old = Experiment.from_dict(json.loads(path.read_text())).to_dict()
+    except ValueError as e:
+        return [f"its config.json cannot be read ({' '.join(str(e).split())})"]
+    new = exp.to_dict()
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k not in RESUMABLE and old.get(k) != new[k]]
+
+
+def check_run_folder(out: Path, exp: Experiment):
+    """Before any work: a folder holding another run stops the run (RunFolderError)."""
+    differ = config_differences(out, exp)
+    if differ and not exp.overwrite_output_dir:
+        raise RunFolderError(f"{out} holds a run with another configuration ({'; '.join(differ)}); "
+                             f"use another --output_dir, or --overwrite_output_dir to start afresh there")
+
+
+def start_run_folder(out: Path, exp: Experiment, bert_config: dict):
+    """Rank 0, once checked: start afresh if asked, and write config.json unless the run has one."""
+    if exp.overwrite_output_dir and (out / "config.json").exists():
+        for path in out.iterdir():  # train.log stays: side_by_side is writing this process's output there
+            if path.name != "train.log":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "config.json").exists():  # a resumed run keeps the config it started with
+        exp.save(out / "config.json")
+        (out / "bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n")
+
+
+def remove_partial(out: Path):
+    """Rank 0, before resuming: a checkpoint write that was cut off is never read."""
+    for stale in out.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def checkpoints(out: Path) -> list[Path]:
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, progress: dict, rngs: list):
+    """checkpoint-<step>/: weights, optimizer states, every rank's random state (rngs[rank] =
+    (cpu state, cuda states)) and `progress`; then the older checkpoint is removed."""
+    step = progress["step"]
+    tmp = out / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    state = {**progress, "optimizers": [o.state_dict() for o in optimizers], "rng": rngs[0][0], "cuda_rng": rngs[0][1]}
+    if len(rngs) > 1:
+        state["rank_rngs"] = rngs
+    torch.save(state, tmp / "state.pt")
+    os.replace(tmp, out / f"checkpoint-{step}")
+    for old in checkpoints(out)[:-1]:
+        shutil.rmtree(old)
+
+
+def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizers: list, device: torch.device) -> dict:
+    """Weights and optimizer states into `model` and `optimizers`; returns the rest of state.pt."""
+    with reading(ckpt / "model.safetensors"):
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
+    with reading(ckpt / "state.pt"):
+        state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
+        for opt, s in zip(optimizers, state.pop("optimizers"), strict=True):
+            opt.load_state_dict(s)
+    return state
+
+
+def save_best(out: Path, model: torch.nn.Module):
+    tmp = out / "best" / ".model.safetensors.tmp"
+    tmp.parent.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, out / "best" / "model.safetensors")
+
+
+# ---------------------------------------------------------------- the record
+
+def git_commit() -> str:
+    """The code's commit, so a result can be traced to what made it ("+dirty" if changed)."""
+    here = Path(__file__).parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS of the process (KiB on Linux)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
+
+
+def write_results(out: Path, results: dict, progress: dict):
+    """eval_results.json (the eval_* keys), all_results.json (everything), trainer_state.json."""
+    evals = {k: v for k, v in results.items() if k.startswith(("eval_", "best_eval_")) or k == "epoch"}
+    (out / "eval_results.json").write_text(json.dumps(evals, indent=2) + "\n")
+    (out / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    best = progress["best"]
+    (out / "trainer_state.json").write_text(json.dumps({
+        "global_step": progress["step"], "best_metric": best.get("overall"),
+        "best_model_checkpoint": str(out / "best"), "best_step": best.get("step"),
+        "log_history": progress["history"]}, indent=2) + "\n")

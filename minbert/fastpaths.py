@@ -1,0 +1,37 @@
+"""The code you read is the code that runs; the fast code is one switch away, and checked.
+
+By default a run computes with the readable implementations the README points at:
+attention's math in `BertSelfAttention.forward` (minbert/model.py) and AdamW's step in
+`AdamW._update` (minbert/optim/adamw.py). An edit to either changes what a default run
+computes.
+
+`--fast` swaps in their faster twins: torch's fused `scaled_dot_product_attention` and the
+multi-tensor `adamw_foreach` (`--compile` also runs adamw_foreach, compiled). Before such a
+run trains, `check_fast_paths` runs each fast path beside the readable one it replaces on
+tiny inputs (well under a second) and stops the run if they disagree, with a message that
+names both functions and the flag that trains with the readable one. So a student's edit
+is either in the run, or the run says it is not.
+"""
+from __future__ import annotations
+
+from minbert.model import check_sdpa_matches_math
+from minbert.optim.adamw import check_foreach_matches_loop
+
+
+class FastPathMismatch(RuntimeError):
+    """A fast path computes something else than the readable code it stands in for."""
+
+
+def check_fast_paths(exp) -> None:
+    """Compare every fast path `exp` (an Experiment) will take with its readable twin."""
+    checks = []
+    if exp.fast:
+        checks.append(check_sdpa_matches_math)
+    adamw_runs = exp.optim == "adamw" or bool(exp.optim_args.get("only"))  # AdamW also takes what M-FAC leaves
+    if adamw_runs and (exp.optim_args.get("foreach", exp.fast) or exp.optim_args.get("compile", exp.compile)):
+        checks.append(check_foreach_matches_loop)
+    for check in checks:
+        try:
+            check()
+        except RuntimeError as e:
+            raise FastPathMismatch(str(e)) from None

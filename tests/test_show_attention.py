@@ -1,0 +1,45 @@
+"""show_attention.py: the command writes a PNG, and bad numbers or a missing model stop with one line."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import show_attention
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_command_writes_a_png_for_a_sentence_pair(tiny_model, tmp_path):
+    out = tmp_path / "maps" / "attention.png"
+    run = subprocess.run([sys.executable, str(ROOT / "show_attention.py"), "the cat plays guitar", "a dog runs",
+                          "--layer", "1", "--model", str(tiny_model), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes().startswith(PNG_SIGNATURE) and out.stat().st_size > 1000
+    assert "layer 1, 4 heads" in run.stdout
+
+
+def test_one_head_of_one_sentence(tiny_model, tmp_path):
+    out = show_attention.main(["good movie", "--head", "2", "--model", str(tiny_model),
+                               "--out", str(tmp_path / "h.png")])
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "2"], "--layer 2 is out of range: {name} has 2 layers, 0 to 1"),
+    (["--head", "4"], "--head 4: use 'all' or a head number 0 to 3"),
+    (["--head", "first"], "--head first: use 'all' or a head number 0 to 3"),
+])
+def test_bad_layer_or_head_is_one_line(tiny_model, tmp_path, args, message):
+    with pytest.raises(SystemExit) as e:
+        show_attention.main(["good movie", "--model", str(tiny_model), "--out", str(tmp_path / "x.png"), *args])
+    assert message.format(name=tiny_model.name) in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_missing_model_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        show_attention.main(["good movie", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")])
+    assert str(e.value) == f"show_attention.py: cannot load the model: no model folder at {tmp_path / 'nope'}"
