@@ -35,8 +35,7 @@ from benchmarks.common import SHARED, add_common_args, clock, environment, inter
 from minbert.experiments import PRESETS, preset  # noqa: E402
 from minbert.optim import MFAC  # noqa: E402
 from minbert.optim.mfac import available_memory  # noqa: E402
-from minbert.optim import build_optimizers  # noqa: E402
-from minbert.trainer import Trainer  # noqa: E402
+from minbert.trainer import Trainer, build_optimizers  # noqa: E402
 
 CS224N_PRESETS = [p for p in PRESETS if p != "glue"]
 WORDS = "the a film movie is was good bad very not how can I what why do you best way to learn make".split()
