@@ -121,6 +121,21 @@ def bucketed(stream: Stream, keys: list, window: int) -> Stream | Bucketed:
     return Bucketed(stream, keys, window) if window >= 2 else stream
 
 
+def make_streams(data: dict[str, Encoded], global_batch: int, seed: int, bucket_window: int = 0) -> tuple[dict, list]:
+    """One endless stream of batch indices per task (bucketed when bucket_window > 1), and
+    notes on windows cut to one pass."""
+    streams, notes = {}, []
+    for i, (t, d) in enumerate(data.items()):
+        streams[t] = Stream(len(d), global_batch, seed, i)
+        if bucket_window > 1:  # less padding: batches of similar lengths
+            streams[t] = bucketed(streams[t], length_keys(d), bucket_window)
+            window = getattr(streams[t], "window", 1)
+            if window < bucket_window:
+                notes.append(f"{t}: bucket window {window}, not {bucket_window}: a window holds at most one pass "
+                             f"over its {len(d)} examples" + ("; no bucketing" if window < 2 else ""))
+    return streams, notes
+
+
 def length_keys(data: Encoded) -> list[tuple[int, int]]:
     """Per example (longest segment, all tokens). Each segment is padded to its own longest in
     the batch, so a pair's longer side decides how much padding it brings; sort by it first."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch._functorch import config as functorch_config
 
 from minbert.batches import Encoded, encode
 from minbert.data import TASKS, read_split
@@ -40,6 +41,14 @@ def build_model(exp: Experiment, device: torch.device) -> tuple[BertTokenizer, M
     torch.manual_seed(exp.seed if exp.init_seed < 0 else exp.init_seed)  # the new heads' initial weights
     model = MultitaskBert(bert, exp.heads, exp.pooling, exp.head_dropout, exp.binary_logit)
     return tokenizer, model.to(device)
+
+
+def compile_layers(bert: BertModel):
+    """--compile: each encoder layer through torch.compile, in place (the state-dict keys stay).
+    One compiled graph serves every layer; dynamic, as batch size and length vary."""
+    functorch_config.donated_buffer = False  # PCGrad and SMART backpropagate twice (retain_graph)
+    for layer in bert.encoder.layer:
+        layer.compile(dynamic=True)
 
 
 def read_data(exp: Experiment, tokenizer: BertTokenizer, split: str, max_examples: int = 0) -> dict[str, Encoded]:
@@ -71,7 +80,9 @@ def run_weights(run_dir: Path, which: str = "best") -> Path:
     else:
         ckpts = sorted((p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()),
                        key=lambda p: int(p.name.split("-")[1]))
-        path = ckpts[-1] / "model.safetensors" if ckpts else run_dir / "checkpoint-<step>" / "model.safetensors"
+        if not ckpts:
+            raise FileNotFoundError(f"no checkpoint-<step>/ folder in {run_dir}")
+        path = ckpts[-1] / "model.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"no weights at {path}; did the run evaluate at least once?")
     return path

@@ -23,11 +23,14 @@ import pickle
 import resource
 import shutil
 import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from minbert import distributed
 from minbert.experiments import RESUMABLE, Experiment
 
 
@@ -101,9 +104,14 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, progress: dict, rngs: list):
-    """checkpoint-<step>/: weights, optimizer states, every rank's random state (rngs[rank] =
-    (cpu state, cuda states)) and `progress`; then the older checkpoint is removed."""
+def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, progress: dict, device: torch.device):
+    """checkpoint-<step>/: weights, optimizer states, every rank's random state and `progress`;
+    then the older checkpoint is removed. Called on every rank (it gathers their random
+    states); rank 0 alone writes."""
+    rngs = distributed.gather((torch.get_rng_state(),  # every rank's (cpu, cuda) states, rank 0's first
+                               torch.cuda.get_rng_state_all() if device.type == "cuda" else []))
+    if not distributed.is_main():
+        return
     step = progress["step"]
     tmp = out / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -118,14 +126,33 @@ def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, progres
         shutil.rmtree(old)
 
 
-def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizers: list, device: torch.device) -> dict:
-    """Weights and optimizer states into `model` and `optimizers`; returns the rest of state.pt."""
+def restore(out: Path, model: torch.nn.Module, optimizers: list, device: torch.device, teacher=None) -> dict | None:
+    """The latest checkpoint (rank 0's choice, on every rank) into the model, optimizers,
+    teacher and this rank's random state; returns the rest of its state (step, best, history,
+    cost, "checkpoint": its path, "warning"), or None when there is none."""
+    if distributed.is_main():
+        remove_partial(out)
+    ckpts = checkpoints(out)
+    ckpt = distributed.broadcast(ckpts[-1] if ckpts else None)
+    if ckpt is None:
+        return None
     with reading(ckpt / "model.safetensors"):
         model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
     with reading(ckpt / "state.pt"):
         state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
         for opt, s in zip(optimizers, state.pop("optimizers"), strict=True):
             opt.load_state_dict(s)
+    rngs = state.get("rank_rngs") or [(state["rng"], state["cuda_rng"])]
+    world = distributed.world_size()
+    state["warning"] = (f"{ckpt} was written by {len(rngs)} process(es), this run has {world}: batches and "
+                        f"dropout will not continue exactly as the interrupted run would have") if len(rngs) != world else ""
+    rng, cuda_rng = rngs[distributed.rank() % len(rngs)]
+    torch.set_rng_state(rng.cpu())
+    if cuda_rng:
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_rng])
+    if teacher is not None:
+        teacher.module.load_state_dict(state["teacher"])
+    state["checkpoint"] = ckpt
     return state
 
 
@@ -160,6 +187,34 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
+
+
+def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, device: torch.device,
+           dev_sizes: dict[str, int]) -> dict:
+    """A run's all_results.json: the eval_* keys of its best (or, results_from="final", its last)
+    evaluation; train_runtime, update_ms, samples/s and peak memory cover all the work kept,
+    over resumed sessions too; train_steps counts this session's steps."""
+    best, history, cost, spe = progress["best"], progress["history"], progress["cost"], steps_per_epoch
+    best_evals = {f"eval_{k}": v for k, v in best.items() if k != "step"}
+    results = {**best_evals, "epoch": best.get("step", 0) / spe}
+    if exp.results_from == "final":  # run_glue's --do_eval scores the final model
+        last = next((e for e in reversed(history) if "eval_overall" in e), {"step": 0})
+        results = {**{k: v for k, v in last.items() if k.startswith("eval_")}, "epoch": last["step"] / spe,
+                   **{f"best_{k}": v for k, v in best_evals.items()}, "best_epoch": results["epoch"]}
+    if exp.max_eval_examples > 0:  # say so wherever these scores go
+        results["dev_subset"] = dev_sizes
+    world, step, seconds = distributed.world_size(), progress["step"], cost["seconds"]
+    losses = [e["loss"] for e in history if "loss" in e]
+    return {**results,
+            "train_runtime": seconds, "train_steps": steps, "global_step": step,
+            "update_ms": 1000 * cost["update_seconds"] / max(1, step),
+            "train_samples_per_second": step * exp.batch_size * world * len(exp.tasks) / seconds if seconds else 0.0,
+            "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+            "peak_memory_mb": cost["peak_memory_mb"], "device": device_name(device), "world_size": world,
+            "nonfinite_skipped": progress["nonfinite_skipped"], "steps_per_epoch": spe,
+            "epochs": exp.epochs, "model": exp.model, "preset": exp.name, "fast": exp.fast,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
+            "commit": ",".join(cost["commits"])}
 
 
 def write_results(out: Path, results: dict, progress: dict):

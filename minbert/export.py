@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from minbert import build
 from minbert.config import BertConfig
 from minbert.data import TASKS
 from minbert.heads import MultitaskBert
@@ -43,18 +44,12 @@ class ExportError(ValueError):
 
 def run_weights(run_dir: Path, which: str) -> Path:
     """best/model.safetensors ("best") or the latest checkpoint-<step>/model.safetensors ("last")."""
-    if which == "best":
-        path = run_dir / "best" / "model.safetensors"
-    elif which == "last":
-        found = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
-        if not found:
-            raise ExportError(f"{run_dir} is not a finished run: no checkpoint-<step>/ folder (which='last')")
-        path = max(found, key=lambda p: int(p.name.split("-")[1])) / "model.safetensors"
-    else:
+    if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', not {which!r}")
-    if not path.exists():
-        raise ExportError(f"{run_dir} is not a finished run: no weights at {path}")
-    return path
+    try:
+        return build.run_weights(run_dir, which)
+    except FileNotFoundError as e:
+        raise ExportError(f"{run_dir} is not a finished run: {e}") from None
 
 
 def hf_config(config: BertConfig) -> dict:

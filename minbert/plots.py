@@ -58,6 +58,15 @@ def _metric_style(name: str, index: int) -> dict:
     return dict(color=plt.cm.tab10(index % 10), lw=1.4, ls="-", zorder=2, label=name.replace("_", " "))
 
 
+def _save(fig, out_png: str | Path) -> Path:
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=DPI)
+    plt.close(fig)
+    return out_png
+
+
 def _empty_panel(ax, text: str):
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.set_xticks([])
@@ -135,12 +144,7 @@ def plot_curves(history: list[dict], out_png: str | Path, title: str = "training
         _empty_panel(ax_eval, "no evaluation logged yet")
 
     fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=DPI)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def plot_run(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
@@ -232,9 +236,4 @@ def plot_table(runs: list[dict], out_png: str | Path, paper: dict[str, float | N
     ax.set(xlabel="epoch", ylabel="overall dev score\n(SST + QQP + (STS + 1) / 2) / 3", title=f"{title}\n{note}")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=DPI)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)

@@ -165,6 +165,10 @@ def compare_optimizers(task: str, seed_dirs: dict[str, str | Path], out_md: str 
     if "adam" in blocks and "mfac" in blocks:
         ratio = blocks["mfac"]["step_time_s"] / blocks["adam"]["step_time_s"]
         lines += ["", f"M-FAC step time / AdamW step time: {ratio:.2f}x (same machine, same runs as above)."]
+    which = {b["config"].get("results_from", "best") for b in blocks.values()}
+    lines += ["", "Scores: " + ("the final model's dev scores (the eval_* keys, as run_glue's --do_eval reports them)"
+                                if which == {"final"} else "each run's best evaluation" if which == {"best"}
+                                else f"mixed ({', '.join(sorted(which))}): compare with care")]
     lines += ["", "time / step: the mean time of one update (`update_ms` in all_results.json) where the run "
               "recorded it, else the run's wall time over its steps, evaluation included."]
     first = next(iter(blocks.values()))["runs"][0]

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from datetime import datetime, timezone
 
 import torch
-from torch._functorch import config as functorch_config
 
 from minbert import checkpoint, distributed
-from minbert.batches import Stream, bucketed, collate, length_keys, to_device
-from minbert.build import build_model, read_data, resolve_device
+from minbert.batches import collate, make_streams, to_device
+from minbert.build import build_model, compile_layers, read_data, resolve_device
 from minbert.evaluation import autocast, evaluate
 from minbert.experiments import Experiment
 from minbert.fastpaths import check_fast_paths
@@ -48,8 +45,9 @@ def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.opti
     if exp.optim == "adamw":
         decay = [p for n, p in named if p.dim() > 1]  # no decay on biases and LayerNorm
         rest = [p for n, p in named if p.dim() <= 1]
-        return [AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}], lr=exp.lr,
+        opts = [AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}], lr=exp.lr,
                       weight_decay=exp.weight_decay, foreach=foreach, compile=compile, **args)]
+        return with_initial_lr(opts)
     only = [s for s in str(args.pop("only", "")).split(",") if s]
     if "buffer_dtype" in args:
         args["buffer_dtype"] = getattr(torch, str(args["buffer_dtype"]).removeprefix("torch."))
@@ -62,6 +60,14 @@ def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.opti
     opts = [MFAC(mine, **args)]
     if rest:
         opts.append(AdamW(rest, lr=exp.lr, weight_decay=exp.weight_decay, foreach=foreach, compile=compile))
+    return with_initial_lr(opts)
+
+
+def with_initial_lr(opts: list) -> list:
+    """Each param group remembers its lr: the schedule (lr_factor) scales that."""
+    for opt in opts:
+        for g in opt.param_groups:
+            g["initial_lr"] = g["lr"]
     return opts
 
 
@@ -83,6 +89,17 @@ def steps_per_epoch(exp: Experiment, sizes: dict[str, int], global_batch: int) -
     return int(exp.iters_mult * (min(sizes.values()) // global_batch))  # the paper: the smallest set once
 
 
+def eval_due(step: int, stop: int, per_epoch: int, steps_per_epoch: int) -> bool:
+    """After each 1/per_epoch of an epoch (rounded up to a whole step), and at the end."""
+    return (step * per_epoch) // steps_per_epoch > ((step - 1) * per_epoch) // steps_per_epoch or step == stop
+
+
+def describe(exp: Experiment, device: torch.device, world: int) -> str:
+    return (f"update={exp.update}, smart={exp.smart}, optim={exp.optim}, device={device}, "
+            f"tasks={','.join(exp.tasks)}" + (", fast paths" if exp.fast else "")
+            + (f", {world} processes of batch {exp.batch_size}" if world > 1 else ""))
+
+
 class Trainer:
     def __init__(self, exp: Experiment, quiet: bool = False):
         exp.validate()
@@ -94,19 +111,19 @@ class Trainer:
         self.quiet = quiet or not self.is_main
         checkpoint.check_run_folder(self.out, exp)  # another run's folder: stop before any work
         check_fast_paths(exp)  # --fast: the fast paths must compute what the readable ones do
-        self.commits = [checkpoint.git_commit()]  # of the code that runs; a resumed run adds its own
 
         self.tokenizer, self.model = build_model(exp, self.device)
         self.model.train()
-        if exp.compile:  # one compiled graph serves every layer; dynamic: batch and length vary
-            functorch_config.donated_buffer = False  # PCGrad and SMART backpropagate twice (retain_graph)
-            for layer in self.model.bert.encoder.layer:
-                layer.compile(dynamic=True)  # in place: the state-dict keys stay as they are
+        if exp.compile:
+            compile_layers(self.model.bert)
         torch.manual_seed(exp.seed + self.rank)  # dropout, SMART noise: each rank its own
 
         self.train_data = read_data(exp, self.tokenizer, "train")
         self.dev_data = read_data(exp, self.tokenizer, "dev", exp.max_eval_examples)
-        self.streams = self.make_streams()
+        self.streams, notes = make_streams(self.train_data, exp.batch_size * self.world,
+                                           exp.seed if exp.data_seed < 0 else exp.data_seed, exp.bucket_window)
+        for note in notes:
+            self.say(note)
         self.steps_per_epoch = steps_per_epoch(exp, {t: len(d) for t, d in self.train_data.items()},
                                                exp.batch_size * self.world)
         self.total_steps = math.ceil(exp.epochs * self.steps_per_epoch)
@@ -115,31 +132,13 @@ class Trainer:
         self.shared_params = list(self.model.bert.parameters())
         self.head_params = list(self.model.heads.parameters())
         self.optimizers = build_optimizers(self.model, exp)
-        for opt in self.optimizers:
-            for g in opt.param_groups:
-                g["initial_lr"] = g["lr"]
         self.teacher = MomentumTeacher(self.model) if exp.bregman_weight > 0 else None
 
         self.step, self.best, self.history, self.nonfinite_skipped = 0, {"overall": -math.inf}, [], 0
-        # The cost of the work kept, across resumed sessions (a checkpoint carries it on):
-        self.update_seconds = 0.0  # time in update() alone, without evaluation and checkpoints
-        self.earlier_seconds, self.earlier_peak_mb = 0.0, 0.0  # wall time and peak memory of earlier sessions
+        # The cost of the work kept over resumed sessions (a checkpoint carries it on): wall time and
+        # peak memory of earlier sessions, time in update() alone, and the commits of the code that ran.
+        self.cost = {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": [checkpoint.git_commit()]}
         self.session_start = time.time()
-        self.bar: Progress | None = None  # train() starts it
-
-    def make_streams(self) -> dict:
-        """One endless stream of batch indices per task; rank r trains on the r-th slice."""
-        exp, global_batch = self.exp, self.exp.batch_size * self.world
-        data_seed = exp.seed if exp.data_seed < 0 else exp.data_seed
-        streams = {t: Stream(len(d), global_batch, data_seed, i) for i, (t, d) in enumerate(self.train_data.items())}
-        if exp.bucket_window > 1:  # less padding: batches of similar lengths
-            for t, d in self.train_data.items():
-                streams[t] = bucketed(streams[t], length_keys(d), exp.bucket_window)
-                window = getattr(streams[t], "window", 1)
-                if window < exp.bucket_window:
-                    self.say(f"{t}: bucket window {window}, not {exp.bucket_window}: a window holds at most one pass "
-                             f"over its {len(d)} examples" + ("; no bucketing" if window < 2 else ""))
-        return streams
 
     def say(self, msg: str):
         if not self.quiet:
@@ -247,13 +246,11 @@ class Trainer:
             self.say(f"{exp.name}: already finished at step {self.step}; results in {self.out}")
             return json.loads((self.out / "all_results.json").read_text())
         self.say(f"{exp.name}: {stop - self.step} steps to take (to step {stop} of {self.total_steps}, "
-                 f"{self.steps_per_epoch}/epoch), update={exp.update}, smart={exp.smart}, optim={exp.optim}, "
-                 f"device={self.device}, tasks={','.join(exp.tasks)}" + (", fast paths" if exp.fast else "")
-                 + (f", {self.world} processes of batch {exp.batch_size}" if self.world > 1 else ""))
+                 f"{self.steps_per_epoch}/epoch), {describe(exp, self.device, self.world)}")
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start_step, self.session_start = self.step, time.time()
-        self.bar = Progress(stop, self.step, exp.name, quiet=self.quiet)
+        bar = Progress(stop, self.step, exp.name, quiet=self.quiet)
         while self.step < stop:
             factor = lr_factor(exp, self.step, self.total_steps)
             for opt in self.optimizers:
@@ -261,13 +258,13 @@ class Trainer:
                     g["lr"] = g["initial_lr"] * factor
             t_update = time.perf_counter()
             losses = self.update(self.step)
-            self.update_seconds += time.perf_counter() - t_update
+            self.cost["update_seconds"] += time.perf_counter() - t_update
             self.step += 1
-            self.bar.update(sum(losses.values()))
+            bar.update(sum(losses.values()))
             if self.step % exp.logging_steps == 0 or self.step == stop:
                 self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": sum(losses.values()),
                           **{f"loss_{t}": v for t, v in losses.items()}, "lr": exp.lr * factor})
-            if self.eval_due(stop):
+            if eval_due(self.step, stop, exp.eval_per_epoch, self.steps_per_epoch):
                 if self.is_main:  # the other ranks wait for it in their next collective call
                     result = self.evaluate()
                     self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch,
@@ -278,91 +275,45 @@ class Trainer:
                         self.best = {**result, "step": self.step}
                 if exp.save_checkpoints:
                     self.save()  # on every rank: it gathers their random states
-        self.bar.close()
+        bar.close()
         return self.finish(self.step - start_step)
-
-    def eval_due(self, stop: int) -> bool:
-        """After each 1/eval_per_epoch of an epoch (rounded up to a whole step), and at the end."""
-        k, spe = self.exp.eval_per_epoch, self.steps_per_epoch
-        return (self.step * k) // spe > ((self.step - 1) * k) // spe or self.step == stop
 
     # ---------------------------------------------------------------- checkpoints and the record
 
     def progress(self) -> dict:
-        """What a checkpoint keeps besides weights and optimizers."""
-        return {"step": self.step, "best": self.best, "history": self.history,
-                "nonfinite_skipped": self.nonfinite_skipped,
-                "cost": {"seconds": self.earlier_seconds + time.time() - self.session_start,
-                         "update_seconds": self.update_seconds, "commits": self.commits,
-                         "peak_memory_mb": max(self.earlier_peak_mb, checkpoint.peak_memory_mb(self.device))}}
+        """What a checkpoint keeps besides weights and optimizers (and the record is made of)."""
+        progress = {"step": self.step, "best": self.best, "history": self.history,
+                    "nonfinite_skipped": self.nonfinite_skipped,
+                    "cost": {**self.cost, "seconds": self.cost["seconds"] + time.time() - self.session_start,
+                             "peak_memory_mb": max(self.cost["peak_memory_mb"], checkpoint.peak_memory_mb(self.device))}}
+        if self.teacher is not None:
+            progress["teacher"] = self.teacher.module.state_dict()
+        return progress
 
     def save(self):
-        rngs = distributed.gather((torch.get_rng_state(),  # every rank's random state, rank 0's first
-                                   torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []))
-        if self.is_main:  # rank 0 alone writes
-            progress = self.progress()
-            if self.teacher is not None:
-                progress["teacher"] = self.teacher.module.state_dict()
-            checkpoint.save_checkpoint(self.out, self.model, self.optimizers, progress, rngs)
+        checkpoint.save_checkpoint(self.out, self.model, self.optimizers, self.progress(), self.device)
 
     def resume(self) -> bool:
-        if self.is_main:
-            checkpoint.remove_partial(self.out)
-        ckpts = checkpoint.checkpoints(self.out)
-        ckpt = distributed.broadcast(ckpts[-1] if ckpts else None)  # all ranks resume from rank 0's choice
-        if ckpt is None:
+        state = checkpoint.restore(self.out, self.model, self.optimizers, self.device, self.teacher)
+        if state is None:
             return False
-        state = checkpoint.load_checkpoint(ckpt, self.model, self.optimizers, self.device)
-        rngs = state.get("rank_rngs") or [(state["rng"], state["cuda_rng"])]
-        if len(rngs) != self.world:
-            self.say(f"{ckpt} was written by {len(rngs)} process(es), this run has {self.world}: "
-                     f"batches and dropout will not continue exactly as the interrupted run would have")
-        rng, cuda_rng = rngs[self.rank % len(rngs)]
-        torch.set_rng_state(rng.cpu())
-        if cuda_rng:
-            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_rng])
-        if self.teacher is not None:
-            self.teacher.module.load_state_dict(state["teacher"])
+        if state["warning"]:
+            self.say(state["warning"])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.nonfinite_skipped = state["nonfinite_skipped"]
         if "cost" in state:  # checkpoints written before it was kept lack it
-            cost = state["cost"]
-            self.earlier_seconds, self.update_seconds = cost["seconds"], cost["update_seconds"]
-            self.earlier_peak_mb = cost["peak_memory_mb"]
-            self.commits = cost["commits"] + [c for c in self.commits if c not in cost["commits"]]
+            commits = state["cost"]["commits"]
+            self.cost = {**state["cost"], "commits": commits + [c for c in self.cost["commits"] if c not in commits]}
         # log.jsonl may hold lines written after this checkpoint: rewrite it from the history.
         if self.is_main:
             (self.out / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.history))
-        self.say(f"resumed from {ckpt} at step {self.step}")
+        self.say(f"resumed from {state['checkpoint']} at step {self.step}")
         return True
 
     def finish(self, steps: int) -> dict:
-        """The run's record: the eval_* keys of its best (or, results_from="final", its last)
-        evaluation; train_runtime, update_ms, samples/s and peak memory cover all the work kept,
-        over resumed sessions too; train_steps counts this session's steps."""
-        exp, spe = self.exp, self.steps_per_epoch
-        best = {f"eval_{k}": v for k, v in self.best.items() if k != "step"}
-        results = {**best, "epoch": self.best.get("step", 0) / spe}
-        if exp.results_from == "final":  # run_glue's --do_eval scores the final model
-            last = next((e for e in reversed(self.history) if "eval_overall" in e), {"step": 0})
-            results = {**{k: v for k, v in last.items() if k.startswith("eval_")}, "epoch": last["step"] / spe,
-                       **{f"best_{k}": v for k, v in best.items()}, "best_epoch": results["epoch"]}
-        if exp.max_eval_examples > 0:  # say so wherever these scores go
-            results["dev_subset"] = {t: len(d) for t, d in self.dev_data.items()}
-        seconds = self.earlier_seconds + time.time() - self.session_start
-        samples = self.step * exp.batch_size * self.world * len(exp.tasks)
-        train_losses = [e["loss"] for e in self.history if "loss" in e]
-        results.update({
-            "train_runtime": seconds, "train_steps": steps, "global_step": self.step,
-            "update_ms": 1000 * self.update_seconds / max(1, self.step),
-            "train_samples_per_second": samples / seconds if seconds else 0.0,
-            "train_loss": sum(train_losses) / len(train_losses) if train_losses else float("nan"),
-            "peak_memory_mb": max(self.earlier_peak_mb, checkpoint.peak_memory_mb(self.device)),
-            "device": checkpoint.device_name(self.device), "world_size": self.world,
-            "nonfinite_skipped": self.nonfinite_skipped, "steps_per_epoch": spe,
-            "epochs": exp.epochs, "model": exp.model, "preset": exp.name, "fast": exp.fast,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
-            "commit": ",".join(self.commits)})
+        """The run's record (checkpoint.record), its files, and curves.png."""
+        results = checkpoint.record(self.exp, self.progress(), steps, self.steps_per_epoch, self.device,
+                                    {t: len(d) for t, d in self.dev_data.items()})
         if self.is_main:
             checkpoint.write_results(self.out, results, self.progress())
             plot_run(self.out)  # curves.png: losses and dev scores against epoch

@@ -37,14 +37,16 @@ def test_matches_torch_adamw_with_two_param_groups(foreach):
 
     opt_a = AdamW(groups(ours), lr=3e-3, betas=(0.8, 0.99), eps=1e-7, foreach=foreach)
     opt_b = torch.optim.AdamW(groups(theirs), lr=3e-3, betas=(0.8, 0.99), eps=1e-7)
-    gaps = []  # after every step, not only at the end: this loss is least at 0, where both runs
-    for step in range(1000):  # end whatever path they took (a run without bias correction does too)
+    # Compared after every step, not only at the end: this loss is least at 0, where both runs
+    # end whatever path they took (by step 500, a run without bias correction too).
+    gaps = []
+    for step in range(1000):
         x = torch.randn(8, 5)
         for m, opt in ((ours, opt_a), (theirs, opt_b)):
             opt.zero_grad()
             (m(x) ** 2).mean().backward()
             opt.step()
-        gaps.append(max((ours.weight - theirs.weight).abs().max().item(), (ours.bias - theirs.bias).abs().max().item()))
+        gaps.append(max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters())))
     worst = max(range(1000), key=gaps.__getitem__)
     assert gaps[worst] <= 1e-6, (f"{'AdamW._update_foreach' if foreach else 'AdamW._update'} differs from "
                                  f"torch.optim.AdamW by {gaps[worst]:.3g} after step {worst + 1}")
@@ -179,15 +181,18 @@ def algorithm_2(start, grads, lr=1e-2, wd=0.0, lrs=None):
     return weights, m, v
 
 
-def _grads(n, size=6, seed=0):
+def _grads(n, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(size, generator=g) for _ in range(n)]
+    return [torch.randn(6, generator=g) for _ in range(n)]
+
+
+START = torch.tensor([0.5, -1.0, 2.0, -0.3, 0.0, 1.5])  # the weights before the first step
 
 
 def test_adamw_first_moment(path):
     grads = _grads(3)
-    _, state = run_adamw(path, grads, torch.randn(6))
-    _, m, _ = algorithm_2(torch.randn(6), grads)
+    _, state = run_adamw(path, grads, START)
+    _, m, _ = algorithm_2(START, grads)
     torch.testing.assert_close(state["exp_avg"].double(), m, atol=1e-6, rtol=1e-5, msg=lambda e: (
         f"{FUNCTION[path]}: the first moment must be m_t = beta1 m_(t-1) + (1 - beta1) g_t "
         f"(Loshchilov & Hutter Alg. 2, line 7): {e}"))
@@ -202,15 +207,14 @@ def test_adamw_first_moment(path):
 
 def test_adamw_second_moment(path):
     grads = _grads(3)
-    _, state = run_adamw(path, grads, torch.randn(6))
-    _, _, v = algorithm_2(torch.randn(6), grads)
+    _, state = run_adamw(path, grads, START)
+    _, _, v = algorithm_2(START, grads)
     torch.testing.assert_close(state["exp_avg_sq"].double(), v, atol=1e-6, rtol=1e-5, msg=lambda e: (
         f"{FUNCTION[path]}: the second moment must be v_t = beta2 v_(t-1) + (1 - beta2) g_t^2, "
         f"the square element-wise (Loshchilov & Hutter Alg. 2, line 8): {e}"))
     # ...and the step divides by sqrt(v_hat): gradients 1000 times larger take the same steps
-    start = torch.randn(6)
-    small, _ = run_adamw(path, grads, start)
-    large, _ = run_adamw(path, [1000 * g for g in grads], start)
+    small, _ = run_adamw(path, grads, START)
+    large, _ = run_adamw(path, [1000 * g for g in grads], START)
     torch.testing.assert_close(large[-1], small[-1], atol=1e-6, rtol=1e-5, msg=lambda e: (
         f"{FUNCTION[path]}: the step m_hat / (sqrt(v_hat) + eps) must not depend on the gradients' "
         f"scale, since sqrt(v_hat) scales as |g| (Alg. 2, lines 8, 12): {e}"))
@@ -233,17 +237,16 @@ def test_adamw_bias_correction(path):
 
 def test_adamw_decoupled_weight_decay(path):
     lr, wd = 0.1, 0.5
-    start = torch.tensor([1.0, -2.0, 0.5, 3.0])
     # with no gradient, m = v = 0 and only the decay acts: theta_t = (1 - lr wd) theta_(t-1)
-    weights, _ = run_adamw(path, [torch.zeros(4)] * 3, start, lr=lr, wd=wd)
-    torch.testing.assert_close(weights[-1], start * (1 - lr * wd) ** 3, msg=lambda e: (
+    weights, _ = run_adamw(path, [torch.zeros(6)] * 3, START, lr=lr, wd=wd)
+    torch.testing.assert_close(weights[-1], START * (1 - lr * wd) ** 3, msg=lambda e: (
         f"{FUNCTION[path]}: with a zero gradient, weight decay alone must shrink the weights by "
         f"(1 - lr wd) per step, the term lr wd theta_(t-1) of Loshchilov & Hutter Alg. 2 line 12, "
         f"kept out of the gradient and so out of m and v (line 6 without the L2 term): {e}"))
     # with a gradient, decay adds -lr wd theta_(t-1) to the step that the same run without decay takes
-    grads = _grads(3, size=4)
-    decayed, _ = run_adamw(path, grads, start, lr=lr, wd=wd)
-    plain, _ = run_adamw(path, grads, start, lr=lr, wd=0.0)
+    grads = _grads(3)
+    decayed, _ = run_adamw(path, grads, START, lr=lr, wd=wd)
+    plain, _ = run_adamw(path, grads, START, lr=lr, wd=0.0)
     for t in range(1, 4):
         extra = (decayed[t] - decayed[t - 1]) - (plain[t] - plain[t - 1])
         torch.testing.assert_close(extra, -lr * wd * decayed[t - 1], atol=1e-6, rtol=1e-5, msg=lambda e: (
@@ -252,14 +255,14 @@ def test_adamw_decoupled_weight_decay(path):
 
 
 def test_adamw_learning_rate(path):
-    grads, start = _grads(3), torch.randn(6)
-    slow, _ = run_adamw(path, grads, start, lr=1e-3)
-    fast, _ = run_adamw(path, grads, start, lr=3e-3)
-    torch.testing.assert_close(fast[-1] - start, 3 * (slow[-1] - start), atol=1e-6, rtol=1e-4, msg=lambda e: (
+    grads = _grads(3)
+    slow, _ = run_adamw(path, grads, START, lr=1e-3)
+    fast, _ = run_adamw(path, grads, START, lr=3e-3)
+    torch.testing.assert_close(fast[-1] - START, 3 * (slow[-1] - START), atol=1e-6, rtol=1e-4, msg=lambda e: (
         f"{FUNCTION[path]}: without weight decay the weights move by lr m_hat / (sqrt(v_hat) + eps) "
         f"(Alg. 2, line 12): three times the lr must move them three times as far: {e}"))
     # the lr is read from param_groups at every step (a schedule): at lr = 0 nothing moves, decay included
-    weights, _ = run_adamw(path, grads, start, wd=0.1, lrs=[1e-2, 0.0, 1e-2])
+    weights, _ = run_adamw(path, grads, START, wd=0.1, lrs=[1e-2, 0.0, 1e-2])
     assert torch.equal(weights[2], weights[1]), (
         f"{FUNCTION[path]}: a step at lr = 0 (param_groups[0]['lr'] set by a schedule) must leave "
         f"the weights as they were, decay included (Alg. 2, line 12); it moved them by "
@@ -268,7 +271,7 @@ def test_adamw_learning_rate(path):
 
 def test_adamw_matches_algorithm_2(path):
     """All the lines together, on two parameter groups with a learning-rate schedule."""
-    a0, b0 = torch.randn(6), torch.randn(6)
+    a0, b0 = START, START.flip(0)
     ga, gb, lrs = _grads(4, seed=1), _grads(4, seed=2), [0.05, 0.1, 0.02, 0.08]
     a, b = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(b0.clone())
     opt = AdamW([{"params": [a]}, {"params": [b], "weight_decay": 0.0}], lr=0.1, betas=BETAS, eps=EPS,

@@ -75,10 +75,10 @@ def test_attention_scales_scores_by_sqrt_head_dim():
     scales = {"1/sqrt(d_k), d_k = head size": 1 / math.sqrt(HS), "1 (no scaling)": 1.0,
               "1/sqrt(hidden size)": 1 / math.sqrt(H), "1/d_k": 1 / HS}
     fits = [name for name, s in scales.items() if torch.allclose(y, reference(attn, x, scale=s), atol=1e-5)]
+    fit = fits[0] if fits else f"none of {', '.join(scales)}: something else differs (see the other attention tests)"
     assert fits[:1] == ["1/sqrt(d_k), d_k = head size"], (
         f"BertSelfAttention.forward: the scores Q K^T must be divided by sqrt(d_k) = sqrt(head size) "
-        f"= sqrt({HS}) before the softmax (Vaswani et al. eq. 1). The output fits a scale of "
-        f"{fits[0] if fits else 'none of ' + ', '.join(scales) + ' (something else differs: see the other attention tests)'}")
+        f"= sqrt({HS}) before the softmax (Vaswani et al. eq. 1). The output fits a scale of {fit}")
 
 
 @pytest.mark.parametrize("attn", ["math", "sdpa"])
@@ -96,8 +96,8 @@ def test_attention_masks_padding_keys(attn):
         f"{where}: padding keys must get zero attention weight: set the scores of keys whose "
         f"attention_mask is 0 to -inf (a large negative number) before the softmax, softmax(Q K^T / "
         f"sqrt(d_k) + mask) V (Vaswani et al. eq. 1 with BERT's padding mask on the keys): {e}"))
-    torch.testing.assert_close(out_long.last_hidden_state[1:, :4], out_short.last_hidden_state, atol=1e-5,
-                               rtol=0, msg=lambda e: f"{where}: padding changed the real tokens' hidden states: {e}")
+    torch.testing.assert_close(out_long.last_hidden_state[1:, :4], out_short.last_hidden_state, atol=1e-5, rtol=0,
+                               msg=lambda e: f"{where}: padding changed the real tokens' hidden states: {e}")
 
 
 def test_attention_softmax_is_over_keys():
