@@ -76,6 +76,7 @@ class BertSelfAttention(nn.Module):
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         p_drop = self.dropout_p if self.training else 0.0
+        att = None  # the probabilities, kept when output_attentions
         # SDPA returns no weights, so a call with output_attentions=True takes the math path below.
         if self.use_sdpa and not output_attentions:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p_drop)

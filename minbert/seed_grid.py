@@ -2,7 +2,7 @@
 Orders, and Early Stopping": N weight-initialisation seeds x M data-order seeds, each pair
 trained once, and how much of the spread in dev scores each seed kind causes.
 
-Pure Python and numpy (sweeps.run_grid trains the runs); matplotlib only in the report.
+Pure Python and numpy (sweeps.run_grid trains the runs); matplotlib draws the report's plot.
 """
 import json
 import math
@@ -10,7 +10,11 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from minbert.seeds import _fmt, expected_max_curve
 
@@ -183,9 +187,6 @@ def write_grid_report(grid: SeedGrid, out_dir: str, title: str, meta: Optional[d
     with open(os.path.join(out_dir, "grid.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
 
     # grid.png: the runs of each init seed, of each data seed, and the expected max of n runs
     widths = [max(N, 4), max(M, 4), 0.6 * max(N, M, 5)]

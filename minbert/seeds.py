@@ -13,7 +13,7 @@ Two papers:
   expected best score of n runs, estimated from N observed runs.
 
 Pure Python and numpy; the training code supplies `run_fn`, so this file never
-touches torch. Matplotlib is imported only inside the report writers.
+touches torch; matplotlib draws the report's plots.
 """
 
 import json
@@ -22,7 +22,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
+import matplotlib
 import numpy as np
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 # ---------------------------------------------------------------------------
 # Expected maximum validation performance (Dodge et al. 2019)
@@ -260,9 +264,6 @@ def write_report(result: SearchResult, out_dir: str, title: str,
     with open(os.path.join(out_dir, "table.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
 
     # expected_max.png: E[max of n] with a ±std band, one line per score set
     fig, ax = plt.subplots(figsize=(6, 4))

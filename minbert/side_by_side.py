@@ -28,6 +28,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from minbert.report import write_table
+
 SCRIPT = Path(__file__).resolve().parents[1] / "train_multitask.py"
 
 
@@ -47,7 +49,7 @@ def as_flags(overrides: dict) -> list[str]:
 
 
 def last_step(run_dir: Path) -> int:
-    """The latest step in a run's log.jsonl (written every 50 steps and at evaluations)."""
+    """The latest step in a run's log.jsonl (written every --logging_steps and at evaluations)."""
     try:
         lines = (run_dir / "log.jsonl").read_text().splitlines()
         return json.loads(lines[-1])["step"] if lines else 0
@@ -62,7 +64,9 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}  # the log gets a line per 30 s
     waiting, running, failed, t0 = list(names), {}, [], time.time()
     shown = t0
-    bar = tqdm(total=len(names), desc=f"{len(names)} presets, {jobs} at a time", unit="preset", dynamic_ncols=True)
+    tty = sys.stderr.isatty()  # in a log file: a plain line every 30 s instead of a redrawn bar
+    bar = tqdm(total=len(names), desc=f"{len(names)} presets, {jobs} at a time", unit="preset", dynamic_ncols=True,
+               disable=not tty)
     try:
         while waiting or running:
             while waiting and len(running) < jobs:
@@ -83,8 +87,11 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
                         tqdm.write(f"{name}: exited with {proc.returncode}; see {runs_dir / name / 'train.log'}")
                     else:
                         tqdm.write(f"{name}: done")
-            if time.time() - shown > 10:  # the steps reached, every 10 s (a line each time in a log file)
-                bar.set_postfix_str(", ".join(f"{n} {last_step(runs_dir / n)}" for n in running))
+                    sys.stdout.flush()
+            if time.time() - shown > (10 if tty else 30):  # the latest logged step of each running preset
+                steps = ", ".join(f"{n} {last_step(runs_dir / n)}" for n in running)
+                bar.set_postfix_str(steps) if tty else print(f"{len(names) - len(waiting) - len(running)} of "
+                                                               f"{len(names)} presets done; at step: {steps}", flush=True)
                 shown = time.time()
     finally:  # interrupted (Ctrl-C, an error here): stop the children; their checkpoints let a rerun resume
         for proc, log in running.values():
@@ -97,7 +104,6 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
         f.write(json.dumps({"presets": names, "jobs": jobs, "threads_per_process": threads, "failed": failed,
                             "wall_seconds": round(time.time() - t0, 1), "command": " ".join(sys.argv),
                             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}) + "\n")
-    from minbert.report import write_table
     write_table(runs_dir, table)
     if failed:
         print(f"error: {len(failed)} of {len(names)} presets failed: "

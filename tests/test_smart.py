@@ -70,7 +70,8 @@ def test_ascent_step_increases_divergence(kind):
     for steps in (0, 1, 3):
         torch.manual_seed(123)  # the same random start for every run
         values.append(smart_regularizer(f, embeds, clean, kind, sigma=1e-2, eta=1e-1, steps=steps).item())
-    assert values[0] < values[1] < values[2]
+    assert values[0] < values[1] < values[2], \
+        f"smart_regularizer: each ascent step (Algorithm 1) must raise the divergence; 0, 1, 3 steps gave {values}"
 
 
 def test_ascent_moves_noise_at_paper_values():

@@ -68,7 +68,8 @@ class AdamW(torch.optim.Optimizer):
             v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
             # 4. bias corrections m_hat = m_t / (1 - beta1^t), v_hat = v_t / (1 - beta2^t)
             bc1, bc2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
-            # 5. p_t = p_{t-1} - lr * m_hat / (sqrt(v_hat) + eps)
+            # 5. p_t = p_{t-1} - lr * m_hat / (sqrt(v_hat) + eps), with the corrections folded in:
+            #    m_hat / (sqrt(v_hat) + eps) = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
             denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
             p.addcdiv_(m, denom, value=-lr / bc1)
 
@@ -143,4 +144,4 @@ def check_foreach_matches_loop(atol: float = 1e-6):
             f"AdamW._update (the readable step in minbert/optim/adamw.py) and adamw_foreach (the multi-tensor "
             f"step that --fast and --compile run instead) differ by {diff:.3g} after 3 steps on tiny tensors, "
             f"so this run would not train with AdamW._update as it is written. Run without --fast and "
-            f"--compile to train with AdamW._update, or make adamw_foreach compute the same")
+            f"--compile to train with AdamW._update, or make adamw_foreach compute the same.")
