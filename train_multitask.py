@@ -76,7 +76,8 @@ HELP = {
     "logging_steps": "every N steps each task's loss goes to log.jsonl (run_glue's name)",
     "save_checkpoints": "keep the latest checkpoint, for resuming",
     "output_dir": "where the run folder goes (default runs/<name>)",
-    "overwrite_output_dir": "a folder holding a run with another configuration: delete it and start afresh",
+    "overwrite_output_dir": "a folder holding a run with another configuration: delete that run and start afresh "
+                            "(the same configuration resumes as always)",
     "model": "a Hugging Face model folder or hub id", "data_dir": "the data folder (data/prepare_data.py)",
     "device": "auto, cpu, cuda or cuda:N",
     "fast": "fused SDPA attention and multi-tensor AdamW instead of the readable code, each checked against "
@@ -244,6 +245,8 @@ def main(argv=None) -> int:
         if args.jobs:
             raise ValueError("--jobs is for several presets (--preset a,b,c or --preset all)")
         grid = parse_grid(args.grid) if args.grid else None
+        if sum(bool(x) for x in (args.seeds, args.sweep, args.grid)) > 1:
+            raise ValueError("--seeds, --sweep and --grid each run many runs: choose one")
         if args.table:
             write_table(args.table, args.out or "results/cs224n_table.md")
             return 0

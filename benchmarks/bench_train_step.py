@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--compile", action="store_true", help="also time the update with --compile against eager")
     add_common_args(ap)
     args = ap.parse_args()
+    if args.fast and args.vs_fast:
+        sys.exit("--vs_fast times --fast against the readable default: leave out --fast")
     device = setup(args)
     names = CS224N_PRESETS if args.presets == "all" else args.presets.split(",")
     sizes = [] if args.mfac == "none" else [int(m) for m in args.mfac.split(",")]

@@ -94,6 +94,7 @@ def load_run(run_dir: str | Path, device: str = "auto", which: str = "best") -> 
     if not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.json")
     exp = Experiment.from_dict(json.loads((run_dir / "config.json").read_text()))
+    exp.fast = False  # predicting: the readable attention, whatever the run trained with
     weights = run_weights(run_dir, which)
     dev = resolve_device(device)
     tokenizer, model = build_model(exp, dev)

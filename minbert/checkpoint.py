@@ -67,13 +67,14 @@ def config_differences(out: Path, exp: Experiment) -> list[str]:
         old = Experiment.from_dict(json.loads(path.read_text())).to_dict()
     except ValueError as e:
         return [f"its config.json cannot be read ({' '.join(str(e).split())})"]
-    new = exp.to_dict()
+    old, new = (json.loads(json.dumps(d)) for d in (old, exp.to_dict()))  # both as JSON has them: lists, not tuples
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k not in RESUMABLE and old.get(k) != new[k]]
 
 
 def check_run_folder(out: Path, exp: Experiment):
-    """Before any work: a folder holding another run stops the run (RunFolderError)."""
-    differ = config_differences(out, exp)
+    """Before any work: a folder holding another run stops the run (RunFolderError). Rank 0
+    reads the folder and tells the others (it may rewrite config.json later)."""
+    differ = distributed.broadcast(config_differences(out, exp) if distributed.is_main() else None)
     if differ and not exp.overwrite_output_dir:
         raise RunFolderError(f"{out} holds a run with another configuration ({'; '.join(differ)}); "
                              f"use another --output_dir, or --overwrite_output_dir to start afresh there")
@@ -81,7 +82,7 @@ def check_run_folder(out: Path, exp: Experiment):
 
 def start_run_folder(out: Path, exp: Experiment, bert_config: dict):
     """Rank 0, once checked: start afresh if asked, and write config.json unless the run has one."""
-    if exp.overwrite_output_dir and (out / "config.json").exists():
+    if exp.overwrite_output_dir and config_differences(out, exp):  # another run's folder: start afresh
         for path in out.iterdir():  # train.log stays: side_by_side is writing this process's output there
             if path.name != "train.log":
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -48,7 +48,7 @@ MFAC_ARGS = set(inspect.signature(MFAC).parameters) - {"params"} | {"only"}
 # a run is resumed (a longer --max_steps continues it). Every other field must match the
 # config.json of the run in the output folder (checkpoint.check_run_folder).
 RESUMABLE = ("max_steps", "output_dir", "overwrite_output_dir", "device", "fast", "compile",
-             "eval_batch_size", "logging_steps", "save_checkpoints")
+             "eval_batch_size", "logging_steps", "save_checkpoints", "nonfinite", "bad_rows")
 
 
 def default_head(task: str, pair_input: str) -> str:
@@ -148,6 +148,11 @@ class Experiment:
                      "bucket_window", "smart_weight", "bregman_weight"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.steps_per_epoch < -1 or self.smart_steps < 1 or self.init_seed < -1 or self.data_seed < -1:
+            bad(f"steps_per_epoch must be >= -1, smart_steps >= 1, init_seed and data_seed >= -1; got "
+                f"{self.steps_per_epoch}, {self.smart_steps}, {self.init_seed}, {self.data_seed}")
+        if not (0 <= self.head_dropout < 1 and 0 <= self.bregman_beta < 1):
+            bad(f"head_dropout and bregman_beta must be in [0, 1), got {self.head_dropout} and {self.bregman_beta}")
         known = ADAMW_ARGS if self.optim == "adamw" else MFAC_ARGS
         unknown = sorted(set(self.optim_args) - known)
         if unknown:

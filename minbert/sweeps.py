@@ -44,7 +44,7 @@ def run_seeds(exp: Experiment, seeds: list[int], out: str | None):
               f"- device: {results[0]['device']}; date: {results[0]['date']}; commit: {results[0].get('commit')}",
               f"- command: `{results[0]['command']}`"]
     if "dev_subset" in results[0]:
-        lines.append(f"- dev subset scored: {results[0]['eval_subset']} examples per task, not the whole dev set")
+        lines.append(f"- dev subset scored: {results[0]['dev_subset']} examples per task, not the whole dev set")
     (out_dir / "seeds.md").write_text("\n".join(lines) + "\n")
     (out_dir / "seeds.json").write_text(json.dumps({"config": exp.to_dict(), "runs": results,
                                                     "summary": summary, "step_time_s": step_time}, indent=2) + "\n")

@@ -58,8 +58,10 @@ def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.opti
     args.setdefault("lr", exp.lr)
     args.setdefault("weight_decay", exp.weight_decay)
     opts = [MFAC(mine, **args)]
-    if rest:
-        opts.append(AdamW(rest, lr=exp.lr, weight_decay=exp.weight_decay, foreach=foreach, compile=compile))
+    if rest:  # AdamW on what M-FAC leaves, with no decay on biases and LayerNorm
+        opts.append(AdamW([{"params": [p for p in rest if p.dim() > 1]},
+                           {"params": [p for p in rest if p.dim() <= 1], "weight_decay": 0.0}],
+                          lr=exp.lr, weight_decay=exp.weight_decay, foreach=foreach, compile=compile))
     return with_initial_lr(opts)
 
 
@@ -126,6 +128,10 @@ class Trainer:
             self.say(note)
         self.steps_per_epoch = steps_per_epoch(exp, {t: len(d) for t, d in self.train_data.items()},
                                                exp.batch_size * self.world)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"experiment {exp.name!r}: 0 steps per epoch: the smallest training set "
+                             f"({min(len(d) for d in self.train_data.values())} examples) holds no global batch of "
+                             f"{exp.batch_size * self.world} (times iters_mult {exp.iters_mult}); lower --batch_size")
         self.total_steps = math.ceil(exp.epochs * self.steps_per_epoch)
         self.stop_step = min(self.total_steps, exp.max_steps) if exp.max_steps > 0 else self.total_steps
 
@@ -201,7 +207,7 @@ class Trainer:
         if self.exp.nonfinite == "stop":
             raise FloatingPointError(
                 f"non-finite {what} at step {self.step + 1}; stopped. The last good checkpoint in {self.out} "
-                f"is intact; rerun with --nonfinite skip to skip such steps, or lower --lr")
+                f"is intact; rerun with --nonfinite skip to skip such steps, or lower --lr in a new --output_dir")
         self.nonfinite_skipped += 1
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -239,12 +245,14 @@ class Trainer:
         if self.is_main:
             checkpoint.start_run_folder(self.out, exp, self.model.bert.config.to_dict())
         resumed = self.resume()
-        if not resumed and self.is_main:
-            (self.out / "log.jsonl").write_text("")
-        finished = resumed and self.step >= stop and (self.out / "all_results.json").exists()
+        record = self.out / "all_results.json"  # a finished run, with or without checkpoints
+        finished = record.exists() and json.loads(record.read_text()).get("global_step", 0) >= stop \
+            and (resumed or not exp.save_checkpoints)
         if distributed.broadcast(finished):  # the same command again: nothing to do, the record stands
             self.say(f"{exp.name}: already finished at step {self.step}; results in {self.out}")
             return json.loads((self.out / "all_results.json").read_text())
+        if not resumed and self.is_main:
+            (self.out / "log.jsonl").write_text("")
         self.say(f"{exp.name}: {stop - self.step} steps to take (to step {stop} of {self.total_steps}, "
                  f"{self.steps_per_epoch}/epoch), {describe(exp, self.device, self.world)}")
         if self.device.type == "cuda":

@@ -49,7 +49,9 @@ def test_cos_d_head_is_five_sigmoid_of_scaled_cosine_of_projections():
     u, v = vectors()
     assert isinstance(head, CosD)
     pu, pv = head.proj(u), head.proj(v)  # one d-wide Linear shared by both sentences
-    expected = 5.0 * torch.sigmoid(COS_D_SCALE * F.cosine_similarity(pu, pv, dim=-1))
+    assert COS_D_SCALE == 20.0, "heads.COS_D_SCALE: the paper scales the cosine by 20 before the sigmoid"
+    assert COS_EMB_THRESHOLD == 2.5, "heads.COS_EMB_THRESHOLD: the paper thresholds STS labels at 2.5"
+    expected = 5.0 * torch.sigmoid(20.0 * F.cosine_similarity(pu, pv, dim=-1))
     torch.testing.assert_close(head([u, v]), expected,
                                msg="CosD.forward: y = 5 * sigmoid(20 * cos(W u + b, W v + b))")
     scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.5])

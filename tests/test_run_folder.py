@@ -102,3 +102,19 @@ def test_evaluate_imports_no_training_machinery():
             "'minbert.pcgrad') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_finished_run_without_checkpoints_is_left_alone(tiny_model, tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_multitask.main(argv(tiny_model, tiny_data, out, "--no-save_checkpoints")) == 0
+    before = snapshot(out)
+    assert train_multitask.main(argv(tiny_model, tiny_data, out, "--no-save_checkpoints")) == 0
+    assert "already finished" in capsys.readouterr().out and snapshot(out) == before
+
+
+def test_a_python_run_resumes_against_its_own_config(tiny_model, tiny_data, tmp_path):
+    """Tuples become lists in config.json; the comparison reads both as JSON does."""
+    exp = tiny_experiment("multitask", tiny_model, tiny_data, tmp_path, optim_args={"betas": (0.9, 0.98)})
+    Trainer(exp, quiet=True).train()
+    Trainer(tiny_experiment("multitask", tiny_model, tiny_data, tmp_path, optim_args={"betas": (0.9, 0.98)},
+                            nonfinite="skip"), quiet=True)  # and --nonfinite may change on a rerun

@@ -121,24 +121,28 @@ def _compiled_adamw_foreach():
 
 
 def check_foreach_matches_loop(atol: float = 1e-6):
-    """Three steps of AdamW._update and of the multi-tensor path on tiny tensors, compared.
-    A run that takes the fast path calls this first (minbert/fastpaths.py): a difference
-    means one of them was edited, and the run would not train with the readable one."""
-    torch.manual_seed(0)
-    shapes = [(4, 3), (3,)]
-    start = [torch.randn(s, dtype=torch.float64) for s in shapes]
-    grads = [[torch.randn(s, dtype=torch.float64) for s in shapes] for _ in range(3)]
+    """Three steps of AdamW._update and of the multi-tensor path on tiny tensors, compared; the
+    latter also as --compile calls it (lr and bias corrections as 0-d tensors), run eagerly.
+    A run that takes a fast path calls this first (minbert/fastpaths.py): a difference means
+    one of them was edited, and the run would not train with the readable one."""
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=g, dtype=torch.float64) for s in ((4, 3), (3,))]
+    grads = [[torch.randn(x.shape, generator=g, dtype=torch.float64) for x in start] for _ in range(3)]
     result = {}
     for foreach in (False, True):
         params = [torch.nn.Parameter(x.clone()) for x in start]
-        opt = AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=1e-2,
-                    betas=(0.9, 0.99), weight_decay=0.1, foreach=foreach)
+        opt = AdamW(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, foreach=foreach)
         for gs in grads:
-            for p, g in zip(params, gs):
-                p.grad = g.clone()
+            for p, grad in zip(params, gs):
+                p.grad = grad.clone()
             opt.step()
         result[foreach] = params
-    diff = max((a - b).abs().max().item() for a, b in zip(result[False], result[True]))
+    params, ms, vs = [x.clone() for x in start], [torch.zeros_like(x) for x in start], [torch.zeros_like(x) for x in start]
+    for t, gs in enumerate(grads, start=1):
+        lr, bc1, bc2 = (torch.tensor(v, dtype=torch.float64) for v in (1e-2, 1 - 0.9 ** t, 1 - 0.99 ** t))
+        adamw_foreach(params, gs, ms, vs, lr=lr, bc1=bc1, bc2=bc2, beta1=0.9, beta2=0.99, eps=1e-8, wd=0.1)
+    result["tensors"] = params
+    diff = max((a - b).abs().max().item() for other in (True, "tensors") for a, b in zip(result[False], result[other]))
     if not diff <= atol:
         raise RuntimeError(
             f"AdamW._update (the readable step in minbert/optim/adamw.py) and adamw_foreach (the multi-tensor "
