@@ -169,7 +169,7 @@ def write_grid_report(grid: SeedGrid, out_dir: str, title: str, meta: Optional[d
     lines += [row(k, *(_fmt(s[k]) for s in stats["data"]), f"**{var['grand_mean']:.4f}**" if k == "mean" else "",
                   "", "", "") for k in keys]
     lines += ["", "Variance of the scores by seed kind: two-way ANOVA with one run per cell "
-              "(formulas: `variance_decomposition` in minbert/seeds.py).", "",
+              "(formulas: `variance_decomposition` in minbert/seed_grid.py).", "",
               row("source", "variance", "std", "share", "df", "F", f"p ({var['permutations']} permutations)"),
               "|---" * 7 + "|"]
     names = {"init": "weight initialisation (rows)", "data": "data order (columns)",
