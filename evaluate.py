@@ -21,9 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from minbert.batches import encode
-from minbert.build import load_run, read_data
-from minbert.data import TASKS, read_split, split_path
+from minbert.build import encode_split, load_run, read_data
+from minbert.data import TASKS, split_path
 from minbert.evaluation import predict, score
 from minbert.export import export_hf
 from minbert.plots import plot_run
@@ -99,8 +98,7 @@ def main(argv=None) -> int:
                 if not path.exists():
                     print(f"skipping {task} {split}: no file {path}")
                     continue
-                rows = read_split(task, exp.data_dir, split, on_error=exp.bad_rows)
-                data = encode(run.tokenizer, rows, exp.pair_input == "siamese" and TASKS[task].pair, exp.max_length)
+                data = encode_split(exp, run.tokenizer, task, split)
                 preds = predict(run.model, {task: data}, *batch)[task]
             out = args.run_dir / "predictions" / f"{short}-{split}-output.csv"
             write_predictions(out, task, data.ids, preds)

@@ -54,13 +54,15 @@ def compile_layers(bert: BertModel):
 def read_data(exp: Experiment, tokenizer: BertTokenizer, split: str, max_examples: int = 0) -> dict[str, Encoded]:
     """{task: the split tokenized}; the first max_examples of each when > 0. Malformed rows
     are skipped or raise as exp.bad_rows says (data.read_file warns once, naming the lines)."""
-    out = {}
-    for t in exp.tasks:
-        rows = read_split(t, exp.data_dir, split, on_error=exp.bad_rows)
-        if max_examples > 0:
-            rows = rows[:max_examples]
-        out[t] = encode(tokenizer, rows, exp.pair_input == "siamese" and TASKS[t].pair, exp.max_length)
-    return out
+    return {t: encode_split(exp, tokenizer, t, split, max_examples) for t in exp.tasks}
+
+
+def encode_split(exp: Experiment, tokenizer: BertTokenizer, task: str, split: str, max_examples: int = 0) -> Encoded:
+    """One task's split, read and tokenized as the experiment encodes its inputs (siamese or cross)."""
+    rows = read_split(task, exp.data_dir, split, on_error=exp.bad_rows)
+    if max_examples > 0:
+        rows = rows[:max_examples]
+    return encode(tokenizer, rows, exp.pair_input == "siamese" and TASKS[task].pair, exp.max_length)
 
 
 @dataclass
@@ -73,13 +75,18 @@ class FinishedRun:
     weights: Path
 
 
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run folder's checkpoint-<step>/ folders, oldest first."""
+    found = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
 def run_weights(run_dir: Path, which: str = "best") -> Path:
     """best/model.safetensors, or the latest checkpoint's; a clear error when there is none."""
     if which == "best":
         path = run_dir / "best" / "model.safetensors"
     else:
-        ckpts = sorted((p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()),
-                       key=lambda p: int(p.name.split("-")[1]))
+        ckpts = checkpoints(run_dir)
         if not ckpts:
             raise FileNotFoundError(f"no checkpoint-<step>/ folder in {run_dir}")
         path = ckpts[-1] / "model.safetensors"

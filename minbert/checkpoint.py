@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert import distributed
+from minbert.build import checkpoints
 from minbert.experiments import RESUMABLE, Experiment
 
 
@@ -99,11 +100,6 @@ def remove_partial(out: Path):
 
 
 # ---------------------------------------------------------------- checkpoints
-
-def checkpoints(out: Path) -> list[Path]:
-    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
 
 def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, progress: dict, device: torch.device):
     """checkpoint-<step>/: weights, optimizer states, every rank's random state and `progress`;

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minbert.data import TASKS
-from minbert.heads import HEADS
+from minbert.heads import check_head
 from minbert.optim import MFAC
 from minbert.pooling import POOLERS
 from minbert.smart import DEFAULTS as SMART
@@ -132,14 +132,14 @@ class Experiment:
                 bad(f"unknown task {t!r}; known tasks: {', '.join(TASKS)}")
         self.heads = {t: self.heads.get(t) or default_head(t, self.pair_input) for t in self.tasks}
         for t, h in self.heads.items():
-            if h not in HEADS:
-                bad(f"unknown head {h!r} for {t}; choose one of {', '.join(HEADS)}")
+            try:
+                check_head(h, t)
+            except ValueError as e:
+                bad(str(e))
             # Two-sentence heads need the sentences encoded apart; "linear" needs one segment.
             if TASKS[t].pair and (h != "linear") != (self.pair_input == "siamese"):
                 bad(f"head {h!r} does not fit pair_input={self.pair_input} for {t}: use linear with cross, "
                     f"or concat / cos-* with siamese")
-            if h.startswith("cos") and TASKS[t].kind != "regression":
-                bad(f"head {h!r} predicts a similarity score; task {t} is {TASKS[t].kind}")
         for name in ("epochs", "batch_size", "eval_per_epoch", "max_length", "eval_batch_size", "iters_mult",
                      "logging_steps"):
             if getattr(self, name) <= 0:

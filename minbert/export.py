@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from minbert import build
 from minbert.config import BertConfig
 from minbert.data import TASKS
-from minbert.heads import MultitaskBert
+from minbert.heads import MultitaskBert, loss_kind
 from minbert.model import BertModel
 from minbert.weights import resolve_model_dir
 
@@ -62,8 +62,7 @@ def hf_config(config: BertConfig) -> dict:
 def head_info(task: str, head: str, exp: dict) -> dict:
     """What a reader needs to use one task's head: its input, output and labels (heads.py)."""
     spec = TASKS[task]
-    binary_logit = exp.get("binary_logit", True)
-    loss = "mse" if spec.kind == "regression" else ("bce" if binary_logit and spec.num_labels == 2 else "ce")
+    loss = loss_kind(task, exp.get("binary_logit", True))
     if head == "cos-emb":
         loss, output = "cosine_embedding", "cos(u, v) in [-1, 1]; the score on 0..5 is (cos + 1) * 2.5"
     elif loss == "mse":

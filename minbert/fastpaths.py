@@ -14,21 +14,23 @@ is either in the run, or the run says it is not.
 """
 from __future__ import annotations
 
-from minbert.model import check_sdpa_matches_math
-from minbert.optim.adamw import check_foreach_matches_loop
+import torch
+
+from minbert.model import BertSelfAttention, check_sdpa_matches_math
+from minbert.optim.adamw import AdamW, check_foreach_matches_loop
 
 
 class FastPathMismatch(RuntimeError):
     """A fast path computes something else than the readable code it stands in for."""
 
 
-def check_fast_paths(exp) -> None:
-    """Compare every fast path `exp` (an Experiment) will take with its readable twin."""
+def check_fast_paths(model: torch.nn.Module, optimizers: list) -> None:
+    """Compare every fast path this model and these optimizers will take with its readable twin
+    (read off the built objects, so nothing here decides again which path runs)."""
     checks = []
-    if exp.fast:
+    if any(m.use_sdpa for m in model.modules() if isinstance(m, BertSelfAttention)):
         checks.append(check_sdpa_matches_math)
-    adamw_runs = exp.optim == "adamw" or bool(exp.optim_args.get("only"))  # AdamW also takes what M-FAC leaves
-    if adamw_runs and (exp.optim_args.get("foreach", exp.fast) or exp.optim_args.get("compile", exp.compile)):
+    if any(isinstance(o, AdamW) and (o.foreach or o.compile) for o in optimizers):
         checks.append(check_foreach_matches_loop)
     for check in checks:
         try:

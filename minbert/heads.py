@@ -29,6 +29,12 @@ COS_EMB_THRESHOLD = 2.5  # STS scores above this count as "similar" for CosineEm
 COS_D_SCALE = 20.0  # the paper's "large scalar" before the sigmoid
 
 
+def loss_kind(task: str, binary_logit: bool = True) -> str:
+    """mse for scores; bce on one logit for binary labels (when binary_logit); ce otherwise."""
+    spec = TASKS[task]
+    return "mse" if spec.kind == "regression" else ("bce" if binary_logit and spec.num_labels == 2 else "ce")
+
+
 class TaskHead(nn.Module):
     """What every head shares: its loss and prediction from the task's kind. A subclass sets
     `segments` and writes forward(vectors) -> (B, C) logits or (B,) scores."""
@@ -39,8 +45,7 @@ class TaskHead(nn.Module):
         spec = TASKS[task]
         self.task, self.kind = task, spec.kind
         # One output for scores and (optionally) for binary labels, else one logit per class.
-        self.loss_kind = "mse" if spec.kind == "regression" else (
-            "bce" if binary_logit and spec.num_labels == 2 else "ce")
+        self.loss_kind = loss_kind(task, binary_logit)
         self.n_out = 1 if self.loss_kind in ("mse", "bce") else spec.num_labels
         self.dropout = nn.Dropout(dropout)
 
@@ -138,11 +143,16 @@ class Cos2d1(TaskHead):
 HEADS = {"linear": Linear, "concat": Concat, "cos-emb": CosEmb, "cos-d": CosD, "cos-2d1": Cos2d1}
 
 
-def make_head(name: str, task: str, hidden: int, dropout: float = 0.1, binary_logit: bool = True) -> TaskHead:
+def check_head(name: str, task: str):
+    """A ValueError unless `name` is a head that can serve `task`."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r} for task {task}; choose one of {', '.join(HEADS)}")
     if name.startswith("cos") and TASKS[task].kind != "regression":
         raise ValueError(f"head {name!r} predicts a similarity score; task {task} is {TASKS[task].kind}")
+
+
+def make_head(name: str, task: str, hidden: int, dropout: float = 0.1, binary_logit: bool = True) -> TaskHead:
+    check_head(name, task)
     return HEADS[name](task, hidden, dropout, binary_logit)
 
 

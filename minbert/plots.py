@@ -19,10 +19,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from minbert.data import TASKS  # noqa: E402
-from minbert.experiments import PRESETS  # noqa: E402
+from minbert.experiments import PRESETS, Experiment  # noqa: E402
 
-PAPER_EPOCHS = 10  # the paper's final numbers are after 10 epochs
-PAPER_SETUP = dict(lr=1e-5, batch_size=8, optim="adamw", steps_per_epoch=0, max_steps=0, max_eval_examples=0)
+# The Experiment's defaults are the paper's setup: its final numbers are after 10 epochs.
+PAPER_EPOCHS = Experiment.epochs
+PAPER_SETUP = {k: getattr(Experiment, k) for k in ("lr", "batch_size", "optim", "steps_per_epoch", "max_steps",
+                                                    "max_eval_examples")}
 DPI = 120
 
 

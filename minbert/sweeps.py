@@ -52,6 +52,12 @@ def run_seeds(exp: Experiment, seeds: list[int], out: str | None):
     return summary
 
 
+def evaluations(trainer: Trainer) -> list[dict]:
+    """A run's evaluations as seeds.py takes them: {"fraction" of the run, "step", "score" (eval_overall)}."""
+    return [{"fraction": e["step"] / trainer.total_steps, "step": e["step"], "score": e["eval_overall"]}
+            for e in trainer.history if "eval_overall" in e]
+
+
 def seed_pair(exp: Experiment, run_id: int) -> tuple[int, int]:
     """Run i of a sweep: init seed and data seed each counted on from the experiment's own."""
     init = exp.seed if exp.init_seed < 0 else exp.init_seed
@@ -67,7 +73,6 @@ def run_sweep(exp: Experiment, t: int, f: float, p: int, out: str | None, comple
     can be set beside the search at equal budget (those extra epochs are not part of the
     search's cost)."""
     out_dir = Path(out or f"results/seeds_{exp.name}")
-    metric = "eval_overall"
 
     def run_fn(run_id: int, start: float, stop: float) -> list[dict]:
         init, data = seed_pair(exp, run_id)
@@ -77,9 +82,7 @@ def run_sweep(exp: Experiment, t: int, f: float, p: int, out: str | None, comple
               f"of its budget", flush=True)
         trainer = Trainer(run)  # its own progress bar
         trainer.train(stop_step=max(1, int(stop * trainer.total_steps + 1e-9)))  # last evaluation at or before `stop`
-        return [{"fraction": e["step"] / trainer.total_steps, "step": e["step"], "score": e[metric],
-                 "seed": f"{init}/{data}"}
-                for e in trainer.history if metric in e and start < e["step"] / trainer.total_steps <= stop + 1e-9]
+        return [{**e, "seed": f"{init}/{data}"} for e in evaluations(trainer) if start < e["fraction"] <= stop + 1e-9]
 
     result = start_many_stop_early(run_fn, t=t, f=f, p=p, epochs=exp.epochs)
     full_scores = None
@@ -111,8 +114,7 @@ def run_grid(exp: Experiment, n_init: int, n_data: int, out: str | None,
                   flush=True)
             trainer = Trainer(run)
             results.append(trainer.train())
-            evals = [{"fraction": e["step"] / trainer.total_steps, "step": e["step"], "score": e["eval_overall"]}
-                     for e in trainer.history if "eval_overall" in e]
+            evals = evaluations(trainer)
             scores[init, data], curves[init, data] = max(e["score"] for e in evals), evals
     first = results[0]
     meta = {"task": ",".join(exp.tasks), "model": Path(exp.model).name, "epochs": exp.epochs,

@@ -112,7 +112,6 @@ class Trainer:
         self.is_main = self.rank == 0
         self.quiet = quiet or not self.is_main
         checkpoint.check_run_folder(self.out, exp)  # another run's folder: stop before any work
-        check_fast_paths(exp)  # --fast: the fast paths must compute what the readable ones do
 
         self.tokenizer, self.model = build_model(exp, self.device)
         self.model.train()
@@ -138,6 +137,7 @@ class Trainer:
         self.shared_params = list(self.model.bert.parameters())
         self.head_params = list(self.model.heads.parameters())
         self.optimizers = build_optimizers(self.model, exp)
+        check_fast_paths(self.model, self.optimizers)  # --fast: the fast paths must compute what the readable ones do
         self.teacher = MomentumTeacher(self.model) if exp.bregman_weight > 0 else None
 
         self.step, self.best, self.history, self.nonfinite_skipped = 0, {"overall": -math.inf}, [], 0
@@ -320,10 +320,11 @@ class Trainer:
 
     def finish(self, steps: int) -> dict:
         """The run's record (checkpoint.record), its files, and curves.png."""
-        results = checkpoint.record(self.exp, self.progress(), steps, self.steps_per_epoch, self.device,
+        progress = self.progress()
+        results = checkpoint.record(self.exp, progress, steps, self.steps_per_epoch, self.device,
                                     {t: len(d) for t, d in self.dev_data.items()})
         if self.is_main:
-            checkpoint.write_results(self.out, results, self.progress())
+            checkpoint.write_results(self.out, results, progress)
             plot_run(self.out)  # curves.png: losses and dev scores against epoch
             self.say(f"best overall {self.best.get('overall', float('nan')):.4f} at step {self.best.get('step')}; "
                      f"results in {self.out}")
