@@ -3,15 +3,22 @@
     python evaluate.py runs/gse                 # best checkpoint, whole dev sets, dev + test predictions
     python evaluate.py runs/gse --which last --device cpu
     python evaluate.py runs/gse --max_eval_examples 200   # the first 200 of each dev set (said in the results)
+    python evaluate.py runs/gse --format cs224n           # prediction files exactly as the CS224N starter writes them
     python evaluate.py runs/gse --export exported/gse     # a Hugging Face model folder of the fine-tuned encoder
     python evaluate.py runs/gse --curves                  # redraw runs/gse/curves.png from its log.jsonl
 
 Writes into the run folder: evaluate_results.json (dev metrics, the names train_multitask
 uses; "dev_subset" when only part of a dev set was scored) and
-predictions/<task>-{dev,test}-output.csv in the CS224N format: a header
-`id,Predicted_<what>`, then one `id,prediction` line per example. A test file that is
-not in the data folder is skipped with a message. Only the model and the dev and test
-files are read: no training data, no optimizers (minbert/build.py).
+predictions/<task>-{dev,test}-output.csv, named as the CS224N starter names them (sst,
+para, sts): by default plain CSV, a header `id,Predicted_<what>` and one `id,prediction`
+line per example; with `--format cs224n`, byte for byte what the starter's
+`test_model_multitask` writes, for graders that read those files:
+
+    id \t Predicted_Sentiment \n            (para: Predicted_Is_Paraphrase, sts: Predicted_Similiary)
+    <id> , <prediction> \n                  (sst: 3; para: 1.0; sts: 0.46074217557907104)
+
+A test file that is not in the data folder is skipped with a message. Only the model and
+the dev and test files are read: no training data, no optimizers (minbert/build.py).
 """
 from __future__ import annotations
 
@@ -30,12 +37,29 @@ from minbert.plots import plot_run
 COLUMN = {"classification": "Predicted_Label", "regression": "Predicted_Similarity"}
 CS224N_NAMES = {"sst": ("sst", "Predicted_Sentiment"), "quora": ("para", "Predicted_Is_Paraphrase"),
                 "sts": ("sts", "Predicted_Similarity")}
+# The starter's evaluation.py spells the STS column this way; graders of its files expect it.
+STARTER_COLUMNS = {**{t: c for t, (_, c) in CS224N_NAMES.items()}, "sts": "Predicted_Similiary"}
+FORMATS = ("csv", "cs224n")
 
 
-def write_predictions(path: Path, task: str, ids: list[str], preds: list):
+def starter_value(task: str, p) -> str:
+    """A prediction as the starter prints a numpy scalar with f"{s}": class ids of 5-way
+    sentiment as ints (argmax), binary ones as floats (sigmoid().round(): 1.0), scores as
+    the float32 value widened to a Python float (0.46074217557907104)."""
+    spec = TASKS[task]
+    if spec.kind == "classification" and spec.num_labels > 2:
+        return str(int(p))
+    return repr(float(p))
+
+
+def write_predictions(path: Path, task: str, ids: list[str], preds: list, fmt: str = "csv"):
     _, column = CS224N_NAMES.get(task, (task, COLUMN[TASKS[task].kind]))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
+        if fmt == "cs224n":  # the starter's f.write(f"id \t {column} \n"), then f"{p} , {s} \n"
+            f.write(f"id \t {STARTER_COLUMNS.get(task, column)} \n")
+            f.writelines(f"{i} , {starter_value(task, p)} \n" for i, p in zip(ids, preds))
+            return
         w = csv.writer(f)
         w.writerow(["id", column])
         for i, p in zip(ids, preds):
@@ -52,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--splits", default="dev,test", help="comma-separated: dev, test (default: dev,test)")
     ap.add_argument("--max_eval_examples", type=int, default=0,
                     help="> 0: score only the first N examples of each dev set (default: 0, the whole set)")
+    ap.add_argument("--format", choices=FORMATS, default="csv",
+                    help="prediction files: csv (a plain CSV, the default) or cs224n (byte for byte the CS224N "
+                         "starter's: 'id \\t Predicted_Sentiment ' then 'id , prediction ' lines)")
     ap.add_argument("--export", type=Path, default=None, metavar="DIR",
                     help="write the fine-tuned encoder as a Hugging Face model folder (config.json, "
                          "model.safetensors, tokenizer files) and the heads beside it (heads.safetensors, "
@@ -101,7 +128,7 @@ def main(argv=None) -> int:
                 data = encode_split(exp, run.tokenizer, task, split)
                 preds = predict(run.model, {task: data}, *batch)[task]
             out = args.run_dir / "predictions" / f"{short}-{split}-output.csv"
-            write_predictions(out, task, data.ids, preds)
+            write_predictions(out, task, data.ids, preds, args.format)
             print(f"wrote {out} ({len(preds)} rows)")
     return 0
 

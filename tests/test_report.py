@@ -2,10 +2,13 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 
 import evaluate
 from minbert import report, sweeps
+from minbert.build import encode_split, load_run
+from minbert.evaluation import predict
 from conftest import tiny_experiment
 
 
@@ -20,7 +23,7 @@ def gse_run(tiny_model, tiny_data, tmp_path_factory):
     return out
 
 
-def test_evaluate_writes_cs224n_prediction_files(gse_run, tiny_data):
+def test_evaluate_writes_csv_prediction_files(gse_run, tiny_data):
     assert evaluate.main([str(gse_run), "--device", "cpu"]) == 0
     results = json.loads((gse_run / "evaluate_results.json").read_text())
     best = json.loads((gse_run / "eval_results.json").read_text())
@@ -39,6 +42,27 @@ def test_evaluate_writes_cs224n_prediction_files(gse_run, tiny_data):
                 assert all(v in range(5) for v in values)
             elif short == "para":
                 assert set(values) <= {0, 1}
+
+
+def test_evaluate_format_cs224n_writes_the_starters_files_byte_for_byte(gse_run):
+    """The CS224N starter (evaluation.py, test_model_multitask) writes f"id \\t {column} \\n", then
+    f"{p} , {s} \\n" per example, where s is a numpy scalar: argmax ids (int64) for sentiment,
+    sigmoid().round() (float32) for paraphrase, the float32 score for similarity; and it spells
+    the STS column Predicted_Similiary. Expected here: that recipe, applied to our predictions."""
+    assert evaluate.main([str(gse_run), "--device", "cpu", "--format", "cs224n"]) == 0
+    run = load_run(gse_run, device="cpu")
+    starter = {"sst": ("sst", "Predicted_Sentiment", np.int64), "quora": ("para", "Predicted_Is_Paraphrase", np.float32),
+               "sts": ("sts", "Predicted_Similiary", np.float32)}
+    for task, (short, column, scalar) in starter.items():
+        for split in ("dev", "test"):
+            data = encode_split(run.exp, run.tokenizer, task, split)
+            preds = predict(run.model, {task: data}, 8, run.tokenizer.pad_token_id, run.device)[task]
+            expected = f"id \t {column} \n" + "".join(f"{i} , {scalar(p)} \n" for i, p in zip(data.ids, preds))
+            written = (gse_run / "predictions" / f"{short}-{split}-output.csv").read_bytes()
+            assert written == expected.encode(), (
+                f"evaluate.py --format cs224n, {short}-{split}-output.csv: not the starter's bytes; first lines "
+                f"written {written.splitlines(keepends=True)[:2]}, the starter's {expected.splitlines(keepends=True)[:2]}")
+    assert expected.startswith("id \t Predicted_Similiary \n") and " , " in expected  # the layout, spelled out once
 
 
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
