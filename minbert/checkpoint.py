@@ -4,6 +4,8 @@ Functions that take the folder, the model, the optimizers and a plain `progress`
 (step, best, history, ...), so the training loop reads without file handling in it.
 
     runs/<name>/config.json         the Experiment, written once when the run starts, never again
+    runs/<name>/model_identity.json the model's fingerprint (weights.model_fingerprint), so that a
+                                    copy of the model in another folder resumes the run
     runs/<name>/checkpoint-<step>/  model.safetensors + state.pt (optimizers, random states,
                                     progress); the latest only, written to a temporary folder
                                     and renamed, so a killed run never leaves half a checkpoint
@@ -12,7 +14,8 @@ Functions that take the folder, the model, the optimizers and a plain `progress`
 
 A folder that holds a run takes only the same configuration again (then it resumes, or is
 left alone when finished); any other stops before work, naming the fields that differ,
-unless overwrite_output_dir starts it afresh.
+unless overwrite_output_dir starts it afresh. The model is compared by what it is, not by
+where it lies: a moved checkout passes another path to the same model, and resumes.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ from safetensors.torch import load_file, save_file
 from minbert import distributed
 from minbert.build import checkpoints
 from minbert.experiments import RESUMABLE, Experiment
+from minbert.weights import model_fingerprint
+
+MODEL_RECORD = "model_identity.json"
 
 
 class CheckpointError(ValueError):
@@ -69,7 +75,31 @@ def config_differences(out: Path, exp: Experiment) -> list[str]:
     except ValueError as e:
         return [f"its config.json cannot be read ({' '.join(str(e).split())})"]
     old, new = (json.loads(json.dumps(d)) for d in (old, exp.to_dict()))  # both as JSON has them: lists, not tuples
-    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k not in RESUMABLE and old.get(k) != new[k]]
+    differ = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k not in RESUMABLE and k != "model"
+              and old.get(k) != new[k]]
+    model = model_difference(out, old["model"], new["model"])
+    return differ + ([f"model: {old['model']!r} -> {new['model']!r} ({model})"] if model else [])
+
+
+def model_difference(out: Path, old: str, new: str) -> str:
+    """Why `new` is not the run's model; "" when it is, wherever it lies. The run's fingerprint
+    comes from its model_identity.json or, in folders written before it existed, from the old
+    path when that still holds the model; without either, only the same path matches."""
+    path = out / MODEL_RECORD
+    recorded = json.loads(path.read_text()).get("fingerprint") if path.exists() else None
+    if recorded is None and old == new:
+        return ""
+    if recorded is None:
+        recorded = model_fingerprint(old)
+        if recorded is None:
+            return (f"the run's model folder is gone and the run predates {MODEL_RECORD}, so whether {new!r} is "
+                    f"the same model cannot be told; put the model back at {old!r} to resume")
+    current = model_fingerprint(new)
+    if current == recorded:
+        return ""
+    if current is None:
+        return f"no model folder at {new!r}"
+    return "another model: its config.json, tokenizer files or weights differ from the ones the run started with"
 
 
 def check_run_folder(out: Path, exp: Experiment):
@@ -91,6 +121,9 @@ def start_run_folder(out: Path, exp: Experiment, bert_config: dict):
     if not (out / "config.json").exists():  # a resumed run keeps the config it started with
         exp.save(out / "config.json")
         (out / "bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n")
+    if not (out / MODEL_RECORD).exists():  # checked the same model (check_run_folder): record what it is
+        record = {"model": exp.model, "fingerprint": model_fingerprint(exp.model)}
+        (out / MODEL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def remove_partial(out: Path):

@@ -6,7 +6,9 @@ pretraining heads (`cls.*`) that a bare encoder does not have.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import huggingface_hub
@@ -16,8 +18,38 @@ from safetensors.torch import load_file
 from minbert.config import BertConfig, check_attn_implementation
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+IDENTITY_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "model.safetensors.index.json")
+IDENTITY_ENDS = 1 << 20  # bytes hashed from each end of a weights file: tells models apart, fast at any size
 HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.txt",
                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def is_local_path(name_or_path: str | Path) -> bool:
+    """Written as a path (./x, /x, ~/x, a/b/c), never a hub id ("org/name")."""
+    return str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1
+
+
+def model_fingerprint(name_or_path: str | Path) -> str | None:
+    """What a model is, not where it lies: sha256 of its config.json and tokenizer files, and of
+    each weights file its name, size and first and last MiB, so a copy or a moved folder
+    gives the same value and another model (even one of the same shape) another. A hub id is
+    its own identity ("hub:<id>", nothing downloaded); a local path with no folder is None."""
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        return None if is_local_path(name_or_path) or folder.exists() else f"hub:{name_or_path}"
+    weights = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors" or
+                     (p.name.startswith("pytorch_model") and p.suffix == ".bin"))
+    digest = hashlib.sha256()
+    for name in [f for f in IDENTITY_FILES if (folder / f).is_file()] + weights:
+        size = (folder / name).stat().st_size
+        digest.update(f"{name}\0{size}\0".encode())
+        with open(folder / name, "rb") as f:
+            digest.update(f.read(IDENTITY_ENDS))
+            if size > 2 * IDENTITY_ENDS:
+                f.seek(-IDENTITY_ENDS, os.SEEK_END)
+            digest.update(f.read())  # the rest of a small file, or the last MiB of a large one
+    return f"sha256:{digest.hexdigest()}"
 
 
 def resolve_model_dir(name_or_path: str | Path, need_weights: bool = True) -> Path:
@@ -27,7 +59,7 @@ def resolve_model_dir(name_or_path: str | Path, need_weights: bool = True) -> Pa
         return path
     if path.exists():
         raise NotADirectoryError(f"{path} is a file; pass the model folder that holds config.json and the weights")
-    if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+    if is_local_path(name_or_path):
         raise FileNotFoundError(f"no model folder at {path}")
     try:
         patterns = HUB_PATTERNS if need_weights else [p for p in HUB_PATTERNS if "safetensors" not in p]

@@ -4,17 +4,19 @@ fields that differ, --overwrite_output_dir starts afresh, config.json is never r
 evaluate.py scores whole dev sets unless told otherwise, says when it did not, and reads
 no training data."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 import evaluate
 import minbert.build
 import train_multitask
 from conftest import tiny_experiment
-from minbert.checkpoint import RunFolderError
+from minbert.checkpoint import MODEL_RECORD, RunFolderError
 from minbert.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -118,3 +120,52 @@ def test_a_python_run_resumes_against_its_own_config(tiny_model, tiny_data, tmp_
     Trainer(exp, quiet=True).train()
     Trainer(tiny_experiment("multitask", tiny_model, tiny_data, tmp_path, optim_args={"betas": (0.9, 0.98)},
                             nonfinite="skip"), quiet=True)  # and --nonfinite may change on a rerun
+
+
+@pytest.fixture(scope="module")
+def finished_once(tiny_model, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert train_multitask.main(argv(tiny_model, tiny_data, out)) == 0
+    return out
+
+
+@pytest.fixture
+def moved(finished_once, tmp_path):
+    """The finished run's folder, moved (copied) as a moved checkout moves it."""
+    return shutil.copytree(finished_once, tmp_path / "moved" / "run")
+
+
+def test_a_copy_of_the_model_in_another_folder_resumes_the_run(moved, tiny_model, tiny_data, tmp_path, capsys):
+    """A moved checkout passes another path to the same model: the run folder compares the
+    model by its fingerprint (model_identity.json), not by the path in config.json."""
+    copy = shutil.copytree(tiny_model, tmp_path / "moved" / "tiny_model")
+    config = (moved / "config.json").read_text()
+    assert train_multitask.main(argv(copy, tiny_data, moved)) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"resumed from {moved / 'checkpoint-2'}" in out and "already finished at step 2" in out, out
+    assert (moved / "config.json").read_text() == config  # still names the model where the run started
+
+
+def test_another_model_is_refused_naming_the_model_field(moved, tiny_model, tiny_data, tmp_path, capsys):
+    other = shutil.copytree(tiny_model, tmp_path / "other")
+    weights = load_file(str(other / "model.safetensors"))
+    save_file({k: v + 0.01 for k, v in weights.items()}, str(other / "model.safetensors"))  # same shape, other weights
+    assert train_multitask.main(argv(other, tiny_data, moved)) == 2
+    err = capsys.readouterr().err
+    assert f"model: '{tiny_model}' -> '{other}' (another model: its config.json, tokenizer files or weights differ" in err, err
+
+
+def test_a_run_folder_without_a_model_fingerprint_compares_as_before(moved, tiny_model, tiny_data, tmp_path, capsys):
+    """Folders written before model_identity.json: the fingerprint is computed from the old path
+    while it holds the model; once that is gone, only the same path resumes, and the error says why."""
+    (moved / MODEL_RECORD).unlink()
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    assert train_multitask.main(argv(copy, tiny_data, moved)) == 0  # the old path still holds the model
+    assert "already finished" in capsys.readouterr().out and (moved / MODEL_RECORD).exists()
+
+    (moved / MODEL_RECORD).unlink()
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "model": str(tmp_path / "gone")}))
+    assert train_multitask.main(argv(copy, tiny_data, moved)) == 2
+    err = capsys.readouterr().err
+    assert f"model: '{tmp_path / 'gone'}' -> '{copy}' (the run's model folder is gone" in err, err
