@@ -1,9 +1,11 @@
 """One test per head formula (minbert/heads.py; the CS224N student paper's section 4.3), each
-failing with a message that names the head class and its formula."""
+failing with a message that names the head class and its formula; then the shapes, the
+predictions and the errors every head shares."""
+import pytest
 import torch
 import torch.nn.functional as F
 
-from minbert.heads import COS_D_SCALE, COS_EMB_THRESHOLD, Concat, Cos2d1, CosD, CosEmb, Linear, make_head
+from minbert.heads import COS_D_SCALE, COS_EMB_THRESHOLD, HEADS, Concat, Cos2d1, CosD, CosEmb, Linear, make_head
 
 H, B = 8, 5
 
@@ -80,3 +82,92 @@ def test_task_losses_follow_the_task_kind():
                                msg="TaskHead.loss: Quora is BCE on one logit")
     s = torch.tensor([0.0, 1.0, 2.5, 4.0, 5.0])
     torch.testing.assert_close(sts.loss(score, s, []), F.mse_loss(score, s), msg="TaskHead.loss: STS is MSE")
+
+
+def test_cos_d_scores_stay_on_the_0_5_scale_and_reach_both_ends():
+    """5 sigmoid(20 cos): in (0, 5) for any input, ~5 for the same sentence twice and ~0 for
+    opposite vectors; the paper's "large scalar" 20 is what lets it reach the ends."""
+    torch.manual_seed(0)
+    head = make_head("cos-d", "sts", H, dropout=0.0)
+    g = torch.Generator().manual_seed(1)
+    u, v = torch.randn(64, H, generator=g), torch.randn(64, H, generator=g)
+    low, high = head([u, v]).aminmax()
+    assert 0.0 <= low.item() and high.item() <= 5.0, (
+        f"CosD.forward: 5 * sigmoid(20 * cos(W u + b, W v + b)) must lie in [0, 5], the STS scale; "
+        f"got scores from {low.item():.3f} to {high.item():.3f}")
+    top = 5.0 * torch.sigmoid(torch.tensor(COS_D_SCALE))  # cos = 1
+    same = head([u, u])
+    torch.testing.assert_close(same, top.expand(64), msg=(
+        f"CosD.forward: the same sentence twice has cos = 1, so the score must be 5 * sigmoid(20) = {top:.6f}; "
+        f"got {same[0].item():.6f} (5 * sigmoid(1) = 3.655 means the cosine was not scaled by 20)"))
+    with torch.no_grad():
+        head.proj.bias.zero_()  # then proj(-u) = -proj(u): cos = -1
+    opposite = head([u, -u])
+    torch.testing.assert_close(opposite, (5.0 - top).expand(64), atol=1e-6, rtol=0, msg=(
+        f"CosD.forward: opposite projections have cos = -1, so the score must be 5 * sigmoid(-20) = "
+        f"{5.0 - top:.2e}; got {opposite[0].item():.2e}"))
+
+
+@pytest.mark.parametrize("task,head,binary_logit,shape", [
+    ("sst", "linear", True, (B, 5)),
+    ("quora", "concat", True, (B,)),
+    ("quora", "concat", False, (B, 2)),
+    ("mrpc", "linear", False, (B, 2)),
+    ("mrpc", "linear", True, (B,)),
+    ("sts", "concat", True, (B,)),
+    ("sts", "cos-emb", True, (B,)),
+    ("sts", "cos-d", True, (B,)),
+    ("sts", "cos-2d1", True, (B,)),
+    ("stsb", "linear", False, (B,)),
+])
+def test_head_output_shapes(task, head, binary_logit, shape):
+    """5 logits for SST's classes; one logit for a binary task (BCE), two with binary_logit=False
+    (CE, as run_glue); one score for similarity. predict gives one value per example."""
+    h = make_head(head, task, H, 0.1, binary_logit)
+    out = h(list(vectors())[:h.segments])
+    assert out.shape == shape, (f"{type(h).__name__}.forward for {task} (binary_logit={binary_logit}): "
+                                f"expected output shape {shape} for a batch of {B}, got {tuple(out.shape)}")
+    assert h.predict(out).shape == (B,), (f"{type(h).__name__}.predict: one prediction per example, shape ({B},); "
+                                          f"got {tuple(h.predict(out).shape)}")
+
+
+def test_predictions_are_class_ids_or_scores_on_the_0_5_scale():
+    cases = [  # (head, task, binary_logit, output, expected prediction, the rule)
+        ("linear", "sst", True, [[0.1, 2.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0, 4.0]], [1, 4],
+         "the class with the largest logit (argmax)"),
+        ("concat", "quora", True, [-0.5, 0.0, 0.7], [0, 0, 1], "1 where the one logit is > 0 (sigmoid > 0.5)"),
+        ("linear", "mrpc", False, [[0.2, 0.1], [0.0, 1.0]], [0, 1], "the larger of the two logits"),
+        ("cos-emb", "sts", True, [-1.0, 0.0, 0.6, 1.0], [0.0, 2.5, 4.0, 5.0], "cos in [-1, 1] -> (cos + 1) * 2.5"),
+        ("concat", "sts", True, [0.3, 4.2], [0.3, 4.2], "the score itself (already on the 0..5 scale)"),
+        ("cos-d", "sts", True, [0.3, 4.2], [0.3, 4.2], "the score itself (already on the 0..5 scale)"),
+        ("cos-2d1", "sts", True, [0.3, 4.2], [0.3, 4.2], "the score itself (already on the 0..5 scale)"),
+    ]
+    for name, task, binary_logit, output, expected, rule in cases:
+        h = make_head(name, task, H, 0.0, binary_logit)
+        got = h.predict(torch.tensor(output)).tolist()
+        assert got == pytest.approx(expected), (
+            f"{type(h).__name__}.predict for {task}: {rule}; for outputs {output} expected {expected}, got {got}")
+
+
+def test_smart_kind_follows_the_task():
+    """SMART's divergence (smart.divergence) is symmetric KL of the class distributions, of Bernoullis for one
+    logit, squared error for scores: each head says which by its task."""
+    kinds = {(n, t): make_head(n, t, H, 0.0, True).smart_kind for n, t in (("linear", "sst"), ("concat", "quora"),
+                                                                          ("concat", "sts"), ("cos-d", "sts"))}
+    expected = {("linear", "sst"): "classification", ("concat", "quora"): "binary", ("concat", "sts"): "regression",
+                ("cos-d", "sts"): "regression"}
+    assert kinds == expected, f"TaskHead.smart_kind: expected {expected}, got {kinds}"
+
+
+@pytest.mark.parametrize("task", ["sst", "quora", "mrpc"])
+@pytest.mark.parametrize("head", ["cos-emb", "cos-d", "cos-2d1"])
+def test_similarity_head_on_classification_task_is_an_error(task, head):
+    with pytest.raises(ValueError, match="similarity"):
+        make_head(head, task, H, 0.1, True)
+
+
+def test_unknown_head_is_an_error():
+    with pytest.raises(ValueError, match="unknown head 'bilinear'"):
+        make_head("bilinear", "sts", H, 0.1, True)
+    assert set(HEADS) == {"linear", "concat", "cos-emb", "cos-d", "cos-2d1"}, (
+        f"heads.HEADS: the five heads of the paper's experiments; got {sorted(HEADS)}")
