@@ -23,7 +23,16 @@ def test_cs224n_reference():
         y = torch.tensor([x[0] + x[1], -x[2]])
         ((y - y_hat) ** 2).sum().backward()
         opt.step()
-    np.testing.assert_allclose(model.weight.detach().numpy(), ref, atol=1e-6, rtol=1e-4)
+    got = model.weight.detach().numpy()  # (2, 3), as the reference
+    differ = int((~np.isclose(got, ref, atol=1e-6, rtol=1e-4)).sum())
+    i, j = np.unravel_index(np.argmax(np.abs(got - ref)), ref.shape)
+    assert differ == 0, (
+        f"AdamW.step: after the CS224N starter's optimizer_test (Linear(3, 2) without bias, 1000 steps, lr 1e-3, "
+        f"weight_decay 1e-4) the weights must equal its optimizer_test.npy within atol 1e-6 + rtol 1e-4; "
+        f"{differ} of {ref.size} weights differ, most weight[{i}, {j}]: got {got[i, j]:.6f}, reference "
+        f"{ref[i, j]:.6f}. The starter's AdamW is Loshchilov & Hutter Alg. 2: the moments (lines 7-8), their bias "
+        f"corrections (lines 9-10), the step lr * m_hat / (sqrt(v_hat) + eps) and the decoupled decay "
+        f"lr * weight_decay * theta (line 12); a difference in any of them shows here")
 
 
 @pytest.mark.parametrize("foreach", [False, True])

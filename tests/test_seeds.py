@@ -13,18 +13,38 @@ from minbert.seeds import expected_max, expected_max_curve, full_training_baseli
 # expected_max
 
 
+EQ1 = ("E[max of n] = sum_i v_(i) P_i, P_i = (i/N)^n - ((i-1)/N)^n, with v_(1) <= ... <= v_(N) the scores "
+       "sorted ascending (Dodge et al. 2019, eq. 1)")
+
+
+def test_expected_max_weights_the_sorted_scores():
+    """P_i is the chance that the i-th smallest score is the best of n draws, so eq. 1 needs the
+    scores sorted: the same scores in any order give the same expected maximum."""
+    orders = ([1, 2, 3], [3, 1, 2], [2, 3, 1])
+    for n in (2, 3):
+        got = [expected_max(s, n)[0] for s in orders]
+        assert got == pytest.approx([got[0]] * 3), (
+            f"expected_max: {EQ1}; the scores {orders} in three orders gave {[round(g, 4) for g in got]} "
+            f"for n = {n}: the weights P_i must go to the sorted scores (np.sort), whatever order they came in")
+
+
 def test_expected_max_by_hand():
-    # P(max = v_(i)) = (i/N)^n - ((i-1)/N)^n with N = 3
-    assert expected_max([1, 2, 3], 1)[0] == pytest.approx(2.0)
-    assert expected_max([3, 1, 2], 2)[0] == pytest.approx((1 * 1 + 2 * 3 + 3 * 5) / 9)  # 22/9
-    assert expected_max([2, 3, 1], 3)[0] == pytest.approx((1 * 1 + 2 * 7 + 3 * 19) / 27)  # 72/27
+    # P(max = v_(i)) = (i/N)^n - ((i-1)/N)^n with N = 3: P = 1/9, 3/9, 5/9 for n = 2; 1/27, 7/27, 19/27 for n = 3
+    for n, expected, sums in ((1, 2.0, "(1 + 2 + 3) / 3"), (2, 22 / 9, "(1*1 + 2*3 + 3*5) / 9"),
+                              (3, 72 / 27, "(1*1 + 2*7 + 3*19) / 27")):
+        got = expected_max([1, 2, 3], n)[0]
+        assert got == pytest.approx(expected), (
+            f"expected_max([1, 2, 3], {n}): {EQ1}; by hand {sums} = {expected:.4f}, got {got:.4f}")
 
 
 def test_expected_max_std_by_hand():
-    # n = 1: the population std of [1, 2, 3]
-    assert expected_max([1, 2, 3], 1)[1] == pytest.approx(math.sqrt(2 / 3))
-    # n = 2: E[max^2] = (1 + 4*3 + 9*5)/9 = 58/9, so var = 58/9 - (22/9)^2 = 38/81
-    assert expected_max([1, 2, 3], 2)[1] == pytest.approx(math.sqrt(38) / 9)
+    # n = 1: the population std of [1, 2, 3]; n = 2: E[max^2] = (1 + 4*3 + 9*5)/9 = 58/9, var = 58/9 - (22/9)^2 = 38/81
+    for n, expected, how in ((1, math.sqrt(2 / 3), "the population std, sqrt(2/3)"),
+                             (2, math.sqrt(38) / 9, "sqrt(58/9 - (22/9)^2) = sqrt(38)/9")):
+        got = expected_max([1, 2, 3], n)[1]
+        assert got == pytest.approx(expected), (
+            f"expected_max([1, 2, 3], {n}): std = sqrt(sum_i v_(i)^2 P_i - E[max]^2), by hand {how} = "
+            f"{expected:.4f}; got {got:.4f}")
 
 
 def test_expected_max_matches_monte_carlo():
@@ -34,21 +54,30 @@ def test_expected_max_matches_monte_carlo():
         idx = rng.integers(0, len(scores), size=(200_000, n))  # n draws with replacement
         best = scores[idx].max(axis=1)
         mean, std = expected_max(scores, n)
-        assert mean == pytest.approx(best.mean(), abs=1e-2)
-        assert std == pytest.approx(best.std(), abs=1e-2)
+        assert (mean, std) == pytest.approx((best.mean(), best.std()), abs=1e-2), (
+            f"expected_max: the best of {n} draws with replacement from 7 scores, simulated 200000 times, has mean "
+            f"{best.mean():.4f} and std {best.std():.4f}; eq. 1 gave {mean:.4f} and {std:.4f}")
 
 
 def test_expected_max_is_monotone_and_tends_to_max():
     scores = np.random.default_rng(1).normal(size=12)
     means = [c["mean"] for c in expected_max_curve(scores, ns=range(1, 60))]
-    assert all(b >= a - 1e-12 for a, b in zip(means, means[1:]))
-    assert means[-1] <= scores.max() + 1e-12
-    assert expected_max(scores, 10_000)[0] == pytest.approx(scores.max())
+    drops = [n for n, (a, b) in enumerate(zip(means, means[1:]), start=1) if b < a - 1e-12]
+    assert not drops, f"expected_max: more runs can only raise the expected best; it fell after n = {drops}"
+    assert means[-1] <= scores.max() + 1e-12, "expected_max: never above the best observed score"
+    far = expected_max(scores, 10_000)[0]
+    assert far == pytest.approx(scores.max()), (
+        f"expected_max: with n = 10000 draws the best score is all but certain to be drawn; got {far}, "
+        f"best score {scores.max()}")
 
 
 def test_expected_max_ties_and_constant():
-    assert expected_max([0.5, 0.5, 0.5], 4) == pytest.approx((0.5, 0.0))
-    assert expected_max([1, 1, 2], 2)[0] == pytest.approx((1 * 4 + 2 * 5) / 9)
+    assert expected_max([0.5, 0.5, 0.5], 4) == pytest.approx((0.5, 0.0)), (
+        "expected_max: equal scores: the expected best is that score, with std 0")
+    got = expected_max([1, 1, 2], 2)[0]
+    assert got == pytest.approx((1 * 4 + 2 * 5) / 9), (
+        f"expected_max([1, 1, 2], 2): tied scores share their probability mass, (1*1 + 1*3 + 2*5) / 9 = "
+        f"{14 / 9:.4f}; got {got:.4f}")
 
 
 def test_expected_max_curve_default_ns():
