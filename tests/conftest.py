@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from minbert.exercises.registry import EXERCISES, exercises_of
+
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(os.environ.get("MINBERT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MINILM = Path(os.environ.get("MINBERT_MINILM", SHARED / "models" / "all-MiniLM-L6-v2"))
@@ -14,6 +16,18 @@ def need(path: Path, what: str):
     if not path.exists():
         pytest.skip(f"{what} not found at {path} (set MINBERT_SHARED or MINBERT_MINILM to its location)")
     return path
+
+
+def pytest_configure(config):
+    for e in EXERCISES.values():  # one marker per exercise: `pytest -m attention` runs its tests
+        config.addinivalue_line("markers", f"{e.id}: the tests that grade exercise {e.id!r} ({e.where})")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks each test with the exercises whose patterns (minbert/exercises/registry.py) name it."""
+    for item in items:
+        for ex in exercises_of(item.path.name, item.name):
+            item.add_marker(ex)
 
 
 @pytest.fixture
