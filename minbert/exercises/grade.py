@@ -79,10 +79,13 @@ def run_pytest(ids, root: Path = ROOT, extra=()) -> tuple[list[TestResult], str]
             bad = case.find("failure")
             bad = case.find("error") if bad is None else bad
             text = "" if bad is None else f"{bad.get('message', '')}\n{bad.text or ''}"
-            results.append(TestResult(
-                name=f"{module}.py::{case.get('name')}", passed=bad is None,
-                message=(bad.get("message", "") or (bad.text or "")).strip().splitlines()[0][:300] if bad is not None else "",
-                details=text, not_done=tuple(dict.fromkeys(NOT_DONE.findall(text)))))
+            not_done = tuple(dict.fromkeys(NOT_DONE.findall(text)))
+            message = ""
+            if not_done:
+                message = f"ExerciseNotImplemented: {', '.join(not_done)} not done yet"
+            elif bad is not None:  # the first line, without pytest.fail's "Failed: "
+                message = (bad.get("message") or bad.text or "").strip().split("\n")[0].removeprefix("Failed: ")
+            results.append(TestResult(f"{module}.py::{case.get('name')}", bad is None, message, text, not_done))
         return results, output
 
 
