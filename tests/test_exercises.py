@@ -162,3 +162,22 @@ def test_reference_outputs_regenerate_unchanged(tmp_path):
     for key in stored:  # only float rounding may differ between machines
         torch.testing.assert_close(new[key], stored[key], rtol=1e-6, atol=1e-7, msg=lambda m, key=key: (
             f"tests/fixtures/make_exercise_refs.py now writes another {key}: rerun it and commit the file. {m}"))
+
+
+# ---------------------------------------------------------------- a copy works anywhere
+
+def test_default_model_and_data_follow_minbert_shared(monkeypatch, tmp_path):
+    from minbert.paths import SHARED_ENV, default_model, shared_dir
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path))
+    assert shared_dir() == tmp_path and default_model() == tmp_path / "models" / "all-MiniLM-L6-v2"
+    monkeypatch.delenv(SHARED_ENV)
+    assert shared_dir() == ROOT.parent / "shared", "without MINBERT_SHARED the default is ../shared beside the repository"
+
+
+def test_no_model_folder_says_how_to_pass_one(monkeypatch, tmp_path):
+    from minbert.paths import SHARED_ENV, default_model
+    from minbert.weights import resolve_model_dir
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError) as e:
+        resolve_model_dir(default_model())
+    assert "--model" in str(e.value) and SHARED_ENV in str(e.value) and str(tmp_path) in str(e.value), str(e.value)
