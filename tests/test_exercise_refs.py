@@ -223,7 +223,10 @@ def test_pcgrad_projection_matches_reference():
     got = project_conflicting(REFS["pcgrad.G"].clone(), torch.Generator().manual_seed(0))
     expect(got, "pcgrad.projected", "project_conflicting on 4 tasks (tasks 0 and 1 conflict), generator seed 0: "
            "g_i^PC <- g_i - (g_i^PC . g_j) / ||g_j||^2 g_j where g_i^PC . g_j < 0, against the original g_j in "
-           "torch.randperm order (Yu et al. 2020, Algorithm 1 lines 2-7)", tol=F64)
+           "torch.randperm order (Yu et al. 2020, Algorithm 1 lines 2-7)", [
+               ("pcgrad.slip.agreeing", "of projecting where g_i^PC . g_j > 0: only conflicting gradients (< 0) are projected (line 5)"),
+               ("pcgrad.slip.against_projected", "of projecting against the already projected g_j^PC; project against the original g_j")],
+           tol=F64)
 
 
 # ---------------------------------------------------------------- SMART
@@ -239,7 +242,9 @@ def test_smart_regularizer_value_and_gradient(kind):
     what = (f"smart_regularizer ({kind}, sigma 1e-2, eta 1e-1, 2 ascent steps, torch.manual_seed(0) before the call): "
             f"R_s = l_s(f(x + delta), f(x)) (Jiang et al. 2020, eq. 3), delta from nu ~ N(0, sigma^2 I) "
             f"(torch.randn_like) and x~ <- x~ + eta g~ / ||g~||_inf (Algorithm 1)")
-    expect(r, f"smart.{kind}.value", f"{what}: the value", tol=F64)
+    expect(r, f"smart.{kind}.value", f"{what}: the value", [
+        (f"smart.slip.descent.{kind}", "of a descent step x~ <- x~ - eta g~: the ascent must move the noise uphill, +eta g~")],
+        tol=F64)
     (grad,) = torch.autograd.grad(r, e)
     expect(grad, f"smart.{kind}.grad", f"{what}: its gradient with respect to the embeddings x, which flows "
            f"through both f(x + delta) and f(x), delta held constant", tol=F64)
