@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-SHARED ?= ../shared
+# the folder of the default model and the data (minbert/paths.py): $MINBERT_SHARED, else ../shared
+MINBERT_SHARED ?= ../shared
 ARGS   ?=
 
 .PHONY: setup data train test
@@ -16,7 +17,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 data: setup
-	$(PY) data/prepare_data.py --from $(SHARED)/data
+	$(PY) data/prepare_data.py --from $(MINBERT_SHARED)/data
 
 train: data
 	$(PY) train_multitask.py --preset baseline $(ARGS)

@@ -121,7 +121,7 @@ def field_help(f: dataclasses.Field) -> str:
     if f.name in CHOICES:
         text += f"; one of: {', '.join(CHOICES[f.name])}"
     if f.name == "model":
-        return text + "; default: ../shared/models/all-MiniLM-L6-v2"
+        return text + "; default: $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/models/... beside the repository"
     return text + f"; default: {default!r}" if default not in ((), {}, "") else text
 
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from minbert.paths import shared_dir
+
+SHARED = shared_dir()  # $MINBERT_SHARED or ../shared (minbert/paths.py)
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
 
 # Dense peak TFLOP/s from NVIDIA's data sheets (no 2:4 sparsity): (bf16 tensor core, fp32).

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from minbert.data import TASKS, DataError, read_file  # noqa: E402
+from minbert.paths import shared_dir  # noqa: E402
 
 CS224N_URL = ("https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/"
               "7ac8260577fc12a86c7aaf38918056c30054ef39/data/")
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
         return download_to(args.target, args.force)
     except Offline as err:
         print(f"error: {err}. No network? Copy the files from a local folder instead:\n"
-              f"    python data/prepare_data.py --from PATH    (e.g. --from ../shared/data)", file=sys.stderr)
+              f"    python data/prepare_data.py --from PATH    (e.g. --from {shared_dir() / 'data'})", file=sys.stderr)
         return 2
 
 

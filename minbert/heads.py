@@ -103,11 +103,17 @@ class CosEmb(TaskHead):
     segments = 2
 
     def forward(self, vectors):
-        return F.cosine_similarity(*vectors, dim=-1)  # (B,)
+        # vectors: [u, v], each (B, H) -> (B,)
+        # BEGIN EXERCISE cosine_heads
+        return F.cosine_similarity(*vectors, dim=-1)
+        # END EXERCISE cosine_heads
 
     def loss(self, output, labels, vectors):
+        # labels: (B,) STS scores in [0, 5]; vectors: [u, v], each (B, H) -> a scalar
+        # BEGIN EXERCISE cosine_heads
         target = torch.where(labels > COS_EMB_THRESHOLD, 1.0, -1.0)
         return F.cosine_embedding_loss(vectors[0].float(), vectors[1].float(), target)
+        # END EXERCISE cosine_heads
 
     def predict(self, output):
         return (output + 1.0) * 2.5  # [-1, 1] -> [0, 5]; a monotone map, Pearson unchanged
@@ -122,8 +128,11 @@ class CosD(TaskHead):
         self.proj = nn.Linear(hidden, hidden)
 
     def forward(self, vectors):
+        # vectors: [u, v], each (B, H) -> (B,) in (0, 5)
+        # BEGIN EXERCISE cosine_heads
         u, v = self.proj(vectors[0]), self.proj(vectors[1])
-        return 5.0 * torch.sigmoid(COS_D_SCALE * F.cosine_similarity(u, v, dim=-1))  # (B,) in (0, 5)
+        return 5.0 * torch.sigmoid(COS_D_SCALE * F.cosine_similarity(u, v, dim=-1))
+        # END EXERCISE cosine_heads
 
 
 class Cos2d1(TaskHead):
@@ -135,9 +144,12 @@ class Cos2d1(TaskHead):
         self.out = nn.Linear(2 * hidden + 1, 1)
 
     def forward(self, vectors):
+        # vectors: [u, v], each (B, H); cos(u, v): (B, 1); [u; v; cos]: (B, 2H + 1) -> (B,)
+        # BEGIN EXERCISE cosine_heads
         u, v = vectors
-        cos = F.cosine_similarity(u, v, dim=-1).unsqueeze(-1)  # (B, 1)
+        cos = F.cosine_similarity(u, v, dim=-1).unsqueeze(-1)
         return _squeeze(self.out(self.dropout(torch.cat([u, v, cos], dim=-1))))
+        # END EXERCISE cosine_heads
 
 
 HEADS = {"linear": Linear, "concat": Concat, "cos-emb": CosEmb, "cos-d": CosD, "cos-2d1": Cos2d1}

@@ -42,13 +42,16 @@ class BertEmbeddings(nn.Module):
         if T > self.position_embeddings.num_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
                              f"({self.position_embeddings.num_embeddings}); truncate the input")
+        # input_ids, token_type_ids (None: all segment 0): (B, T) -> (B, T, H); positions 0..T-1: (T,)
+        # BEGIN EXERCISE embeddings
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        positions = torch.arange(T, device=input_ids.device)
         x = (self.word_embeddings(input_ids)
              + self.position_embeddings(positions)
-             + self.token_type_embeddings(token_type_ids))  # (B, T, H)
+             + self.token_type_embeddings(token_type_ids))
         return self.dropout(self.LayerNorm(x))
+        # END EXERCISE embeddings
 
 
 class BertSelfAttention(nn.Module):
@@ -81,11 +84,15 @@ class BertSelfAttention(nn.Module):
         if self.use_sdpa and not output_attentions:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p_drop)
         else:
+            # q, k, v: (B, nh, T, hs) -> att: (B, nh, T, T) probabilities, query rows, key columns, each
+            # row summing to 1 over the real keys (padding keys get 0); y = dropout(att) @ v: (B, nh, T, hs)
+            # BEGIN EXERCISE attention
             att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T): query rows, key columns
             if keep is not None:
                 att = att.masked_fill(~keep, torch.finfo(att.dtype).min)  # exp underflows: padding keys get 0
-            att = F.softmax(att, dim=-1)  # each row sums to 1 over the real keys
-            y = F.dropout(att, p=p_drop, training=self.training) @ v  # (B, nh, T, hs)
+            att = F.softmax(att, dim=-1)
+            y = F.dropout(att, p=p_drop, training=self.training) @ v
+            # END EXERCISE attention
         y = y.transpose(1, 2).reshape(B, T, H)  # re-assemble heads side by side
         return y, (att if output_attentions else None)
 
@@ -100,7 +107,10 @@ class BertAddNorm(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x, residual):
+        # x: (B, T, d_in), residual: (B, T, H) -> (B, T, H)
+        # BEGIN EXERCISE layer
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        # END EXERCISE layer
 
 
 class BertAttention(nn.Module):
@@ -110,8 +120,11 @@ class BertAttention(nn.Module):
         self.output = BertAddNorm(config.hidden_size, config)
 
     def forward(self, x, keep, output_attentions: bool = False):
+        # x: (B, T, H) -> (B, T, H), and the self-attention's probabilities (or None)
+        # BEGIN EXERCISE layer
         y, att = self.self(x, keep, output_attentions)
         return self.output(y, x), att
+        # END EXERCISE layer
 
 
 class BertIntermediate(nn.Module):
@@ -122,8 +135,11 @@ class BertIntermediate(nn.Module):
         self.relu = config.hidden_act == "relu"
 
     def forward(self, x):
+        # x: (B, T, H) -> (B, T, intermediate_size)
+        # BEGIN EXERCISE layer
         x = self.dense(x)
         return F.relu(x) if self.relu else F.gelu(x, approximate=self.approximate)
+        # END EXERCISE layer
 
 
 class BertLayer(nn.Module):
@@ -134,8 +150,11 @@ class BertLayer(nn.Module):
         self.output = BertAddNorm(config.intermediate_size, config)
 
     def forward(self, x, keep, output_attentions: bool = False):
+        # x: (B, T, H) -> (B, T, H), and the self-attention's probabilities (or None)
+        # BEGIN EXERCISE layer
         x, att = self.attention(x, keep, output_attentions)
         return self.output(self.intermediate(x), x), att
+        # END EXERCISE layer
 
 
 class BertEncoder(nn.Module):

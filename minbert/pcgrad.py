@@ -40,8 +40,13 @@ def task_gradients(losses: list[Tensor], params: list[Tensor], reduce_fn=None) -
 
 
 def project_conflicting(G: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Alg. 1 lines 2-7 on flattened gradients G (K, P): returns g_i^PC for every task, (K, P)."""
+    """Alg. 1 lines 2-7 on flattened gradients G (K, P): returns g_i^PC for every task, (K, P).
+
+    Each g_i^PC starts as g_i and is projected, against the other tasks' ORIGINAL gradients g_j
+    taken in the random order torch.randperm(K, generator=generator) gives, onto the normal
+    plane of every g_j it conflicts with (g_i^PC . g_j < 0); a zero g_j is skipped."""
     K = G.shape[0]
+    # BEGIN EXERCISE pcgrad
     norms2 = (G * G).sum(dim=1)  # (K,) ||g_j||^2 of the ORIGINAL gradients
     projected = G.clone()  # line 2: g_i^PC <- g_i
     for i in range(K):  # line 3: for each task i
@@ -53,6 +58,7 @@ def project_conflicting(G: Tensor, generator: torch.Generator | None = None) -> 
             if dot < 0:  # line 5: conflicting
                 g_i -= dot / norms2[j] * G[j]  # line 7: project onto the normal plane of g_j
     return projected
+    # END EXERCISE pcgrad
 
 
 def pcgrad(grads: list[list[Tensor]], generator: torch.Generator | None = None,

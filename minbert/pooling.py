@@ -12,19 +12,27 @@ import torch
 
 def cls(hidden: torch.Tensor, attention_mask: torch.Tensor, bert=None) -> torch.Tensor:
     """(B, T, H) -> (B, H): the vector at position 0, the [CLS] token."""
+    # BEGIN EXERCISE pooling
     return hidden[:, 0]
+    # END EXERCISE pooling
 
 
 def mean(hidden: torch.Tensor, attention_mask: torch.Tensor, bert=None) -> torch.Tensor:
     """(B, T, H) -> (B, H): average of the real tokens' vectors."""
-    m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    # attention_mask: (B, T), 1 for real tokens
+    # BEGIN EXERCISE pooling
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    # END EXERCISE pooling
 
 
 def max(hidden: torch.Tensor, attention_mask: torch.Tensor, bert=None) -> torch.Tensor:
     """(B, T, H) -> (B, H): element-wise max over the real tokens."""
-    pad = ~attention_mask.bool().unsqueeze(-1)  # (B, T, 1)
+    # attention_mask: (B, T), 1 for real tokens
+    # BEGIN EXERCISE pooling
+    pad = ~attention_mask.bool().unsqueeze(-1)
     return hidden.masked_fill(pad, torch.finfo(hidden.dtype).min).max(dim=1).values
+    # END EXERCISE pooling
 
 
 def pooler(hidden: torch.Tensor, attention_mask: torch.Tensor, bert=None) -> torch.Tensor:

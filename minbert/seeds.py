@@ -51,15 +51,18 @@ def expected_max(scores: Sequence[float], n: int) -> tuple[float, float]:
     n = 1 gives the plain mean and the population std. Ties need no care:
     tied values just share their probability mass.
     """
-    v = np.sort(_as_scores(scores))
+    v = _as_scores(scores)  # (N,) float array, in the order given
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    # BEGIN EXERCISE expected_max
+    v = np.sort(v)
     N = v.size
     i = np.arange(1, N + 1)
     p = (i / N) ** n - ((i - 1) / N) ** n  # (N,), sums to 1
     mean = float(np.sum(v * p))
     var = float(np.sum(v**2 * p)) - mean**2
     return mean, math.sqrt(max(var, 0.0))  # clip tiny negative rounding error
+    # END EXERCISE expected_max
 
 
 def expected_max_curve(scores: Sequence[float], ns: Optional[Sequence[int]] = None) -> list[dict]:

@@ -85,6 +85,8 @@ def smart_regularizer(forward_fn, embeds: list[Tensor], clean_output: Tensor, ki
     (x~ <- x~ + eta g / ||g||_inf); eps only guards the division, as in the reference
     code (see _normalize): the paper's projection onto the eps-ball is not applied.
     """
+    # embeds: one (B, T, H) tensor per sentence; forward_fn(list of them) -> like clean_output
+    # BEGIN EXERCISE smart
     # Algorithm 1: x~ <- x + nu, nu ~ N(0, sigma^2 I)
     noises = [torch.randn_like(e) * sigma for e in embeds]  # each (B, T, H)
     clean_const = clean_output.detach()
@@ -100,6 +102,7 @@ def smart_regularizer(forward_fn, embeds: list[Tensor], clean_output: Tensor, ki
     # and, through the non-detached embeds, into the embedding layer; delta itself is a constant.
     adv = forward_fn([e + n for e, n in zip(embeds, noises)])
     return divergence(adv, clean_output, kind)
+    # END EXERCISE smart
 
 
 class MomentumTeacher:

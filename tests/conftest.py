@@ -1,19 +1,33 @@
 """Shared paths for the tests. The real weights and data live outside the project, in
-../shared (or where MINBERT_SHARED points); tests that need them skip with a reason."""
-import os
+../shared (or where MINBERT_SHARED points: minbert/paths.py); tests that need them skip with a reason."""
 from pathlib import Path
 
 import pytest
 
+from minbert.exercises.registry import EXERCISES, exercises_of
+from minbert.paths import SHARED_ENV, default_model, shared_dir
+
 FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = Path(os.environ.get("MINBERT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-MINILM = Path(os.environ.get("MINBERT_MINILM", SHARED / "models" / "all-MiniLM-L6-v2"))
+SHARED = shared_dir()
+MINILM = default_model()
 
 
 def need(path: Path, what: str):
     if not path.exists():
-        pytest.skip(f"{what} not found at {path} (set MINBERT_SHARED or MINBERT_MINILM to its location)")
+        pytest.skip(f"{what} not found at {path} (set {SHARED_ENV} to the folder holding models/ and data/)")
     return path
+
+
+def pytest_configure(config):
+    for e in EXERCISES.values():  # one marker per exercise: `pytest -m attention` runs its tests
+        config.addinivalue_line("markers", f"{e.id}: the tests that grade exercise {e.id!r} ({e.where})")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks each test with the exercises whose patterns (minbert/exercises/registry.py) name it."""
+    for item in items:
+        for ex in exercises_of(item.path.name, item.name):
+            item.add_marker(ex)
 
 
 @pytest.fixture

@@ -1,12 +1,11 @@
 """Tests for minbert/data.py and data/prepare_data.py.
 
 Fixture files are written into tmp_path by the tests themselves. The tests on the
-real files run where ../shared/data exists (or $MINBERT_SHARED_DATA points to it).
+real files run where ../shared/data exists (or $MINBERT_SHARED/data: minbert/paths.py).
 """
 import importlib.util
 import logging
 import math
-import os
 import subprocess
 import sys
 import time
@@ -16,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from minbert.data import SPLITS, TASKS, DataError, Example, read_file, read_split
+from minbert.paths import shared_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MINBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = shared_dir() / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "cs224n").is_dir(), reason=f"no real data at {SHARED}")
 
 # CS224N layout: tab-separated, csv quoting, unnamed index column first

@@ -55,11 +55,17 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
     def _update(self, group, params):
+        """One AdamW step, in place, for every p in params (Loshchilov & Hutter Alg. 2, lines 6-12):
+        decoupled weight decay p <- p - lr wd p; moments m_t = beta1 m_{t-1} + (1 - beta1) g_t and
+        v_t = beta2 v_{t-1} + (1 - beta2) g_t^2; bias corrections m_hat = m_t / (1 - beta1^t),
+        v_hat = v_t / (1 - beta2^t); p <- p - lr m_hat / (sqrt(v_hat) + eps)."""
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         for p in params:
+            # g, m, v, p: tensors of p's shape; m and v are updated in place; t: this step's number, 1, 2, ...
             g, state = p.grad, self.state[p]
             m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+            # BEGIN EXERCISE adamw
             # 1. decoupled weight decay: shrink the weights, not the gradient (Alg. 2, line 12)
             p.mul_(1.0 - lr * wd)
             # 2. m_t = beta1 m_{t-1} + (1 - beta1) g_t
@@ -72,6 +78,7 @@ class AdamW(torch.optim.Optimizer):
             #    m_hat / (sqrt(v_hat) + eps) = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
             denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
             p.addcdiv_(m, denom, value=-lr / bc1)
+            # END EXERCISE adamw
 
     def _update_foreach(self, group, params):
         """Steps 1-5 above, each as one multi-tensor kernel (see adamw_foreach)."""

@@ -221,6 +221,9 @@ class MFAC(torch.optim.Optimizer):
         self.gram[j, :] = k
         self.gram[:, j] = k
 
+        # 3.-4. u = F^{-1} g (module docstring): a (m,) float32 solution x of (m*damp*I + K) x = e_j,
+        #       then u = m * G^T x, (d,) float32; self.gram is K (m, m), self.damp is damp
+        # BEGIN EXERCISE mfac
         # 3. solve (m*damp*I + K) x = e_j                                           O(m^3)
         #    LU (torch.linalg.solve, CPU and CUDA) rather than Cholesky: K is rounded in
         #    float32 and with damp=1e-6 the shift may not cover that, so the matrix can be
@@ -233,6 +236,7 @@ class MFAC(torch.optim.Optimizer):
 
         # 4. the preconditioned gradient F^{-1} g = m * G^T x                         O(m d)
         u = m * self._rmatvec(x)
+        # END EXERCISE mfac
 
         # 5. per parameter: decoupled weight decay (that mode only), momentum, step
         if self.momentum_buffer is None and any(gr["momentum"] for gr in self.param_groups):
