@@ -15,6 +15,7 @@ import io
 import json
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ COPY = Path(__file__).resolve().parents[1]
 GREEN = ["tests/test_tokenizer.py", "tests/test_metrics.py", "tests/test_seed_grid.py", "tests/test_data.py",
          "tests/test_seeds.py", "-k", "not hugging_face_style_calls and not write_grid_report and not "
          "write_report and not expected_max and not full_training_baseline and not prepare_script"]
+
+
+SECONDS = {}
 
 
 class Outcomes:
@@ -42,9 +46,10 @@ def run(args) -> dict:
     for name in list(sys.modules):
         if name in ("minbert", "conftest") or name.startswith(("minbert.", "test_")):
             del sys.modules[name]
-    outcomes = Outcomes()
+    outcomes, start = Outcomes(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):
-        pytest.main(["-q", "-p", "no:randomly", "-p", "no:cacheprovider", *args], plugins=[outcomes])
+        pytest.main(["-q", "-p", "no:randomly", "-p", "no:cacheprovider", "--tb=short", *args], plugins=[outcomes])
+    SECONDS[" ".join(args)[:60]] = round(time.process_time() - start, 2)  # CPU seconds of this run
     return outcomes.seen
 
 
@@ -76,6 +81,7 @@ def main(solution: Path, out: Path):
             result["restored"][ex] = run(["-m", ex, *[f"tests/{t}" for t in test_files([ex])]])
         finally:
             (COPY / f).write_text(render(text, regions, stubbed))
+    result["cpu_seconds"] = SECONDS
     out.write_text(json.dumps(result, indent=1))
 
 

@@ -64,7 +64,7 @@ def run_pytest(ids, root: Path = ROOT, extra=()) -> tuple[list[TestResult], str]
         xml = Path(tmp) / "results.xml"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-               "-m", " or ".join(ids), f"--junitxml={xml}", "-o", "junit_logging=no", *extra, *files]
+               "--tb=short", "-m", " or ".join(ids), f"--junitxml={xml}", "-o", "junit_logging=no", *extra, *files]
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
         output = proc.stdout + proc.stderr
         if not xml.exists():

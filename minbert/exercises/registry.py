@@ -89,11 +89,12 @@ EXERCISES = {e.id: e for e in [
 ]}
 
 
-def _pattern(glob: str) -> re.Pattern:
+def name_pattern(glob: str) -> re.Pattern:
+    """A test-name glob as a regex: `*` matches anything, every other character itself."""
     return re.compile(".*".join(map(re.escape, glob.split("*"))) + r"\Z")
 
 
-_PATTERNS = {e.id: [(f, _pattern(t)) for f, _, t in (p.partition("::") for p in e.tests)]
+_PATTERNS = {e.id: [(f, name_pattern(t)) for f, _, t in (p.partition("::") for p in e.tests)]
              for e in EXERCISES.values()}
 
 
