@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--format", choices=FORMATS, default="csv",
                     help="prediction files: csv (a plain CSV, the default) or cs224n (byte for byte the CS224N "
                          "starter's: 'id \\t Predicted_Sentiment ' then 'id , prediction ' lines)")
+    ap.add_argument("--model", default=None, metavar="PATH",
+                    help="where the run's pre-trained model is now, when config.json's path is gone (a moved "
+                         "checkout); refused unless it is the same model (the run's model_identity.json)")
     ap.add_argument("--export", type=Path, default=None, metavar="DIR",
                     help="write the fine-tuned encoder as a Hugging Face model folder (config.json, "
                          "model.safetensors, tokenizer files) and the heads beside it (heads.safetensors, "
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
     try:
         if args.export or args.curves:
             if args.export:
-                print(f"wrote {export_hf(args.run_dir, args.export, which=args.which)}")
+                print(f"wrote {export_hf(args.run_dir, args.export, which=args.which, model_dir=args.model)}")
             if args.curves:
                 print(f"wrote {plot_run(args.run_dir)}")
             return 0
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--splits {args.splits!r}: give dev, test or both, comma-separated")
         if args.max_eval_examples < 0:
             raise ValueError(f"--max_eval_examples must be >= 0, got {args.max_eval_examples}")
-        run = load_run(args.run_dir, device=args.device, which=args.which)
+        run = load_run(args.run_dir, device=args.device, which=args.which, model=args.model)
         exp = run.exp
         dev = read_data(exp, run.tokenizer, "dev", args.max_eval_examples)
     except (FileNotFoundError, ValueError) as e:

@@ -22,6 +22,9 @@ from minbert.experiments import Experiment
 from minbert.heads import MultitaskBert
 from minbert.model import BertModel
 from minbert.tokenizer import BertTokenizer
+from minbert.weights import model_fingerprint
+
+MODEL_RECORD = "model_identity.json"  # the run's model fingerprint, written when the run starts (checkpoint.py)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,6 +84,13 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def recorded_fingerprint(run_dir: Path, model_in_config: str) -> str | None:
+    """The fingerprint of the model a run started from: its model_identity.json or, in folders
+    written before that file existed, the model at config.json's path while it is still there."""
+    path = run_dir / MODEL_RECORD
+    return json.loads(path.read_text())["fingerprint"] if path.exists() else model_fingerprint(model_in_config)
+
+
 def run_weights(run_dir: Path, which: str = "best") -> Path:
     """best/model.safetensors, or the latest checkpoint's; a clear error when there is none."""
     if which == "best":
@@ -95,12 +105,20 @@ def run_weights(run_dir: Path, which: str = "best") -> Path:
     return path
 
 
-def load_run(run_dir: str | Path, device: str = "auto", which: str = "best") -> FinishedRun:
-    """A run folder -> its model with the best (or the latest checkpoint's) weights, in eval mode."""
+def load_run(run_dir: str | Path, device: str = "auto", which: str = "best", model: str | None = None) -> FinishedRun:
+    """A run folder -> its model with the best (or the latest checkpoint's) weights, in eval mode.
+    model: where the run's pre-trained model is now (a moved checkout), instead of config.json's
+    path; refused unless it is the same model (recorded_fingerprint)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.json")
     exp = Experiment.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if model is not None:  # a moved checkout: the same model at another path
+        recorded, current = recorded_fingerprint(run_dir, exp.model), model_fingerprint(model)
+        if recorded is not None and current != recorded:
+            why = "no model folder there" if current is None else "its config.json, tokenizer files or weights differ"
+            raise ValueError(f"--model {model}: not the model {run_dir} was trained from ({exp.model}): {why}")
+        exp.model = model
     exp.fast = False  # predicting: the readable attention, whatever the run trained with
     weights = run_weights(run_dir, which)
     dev = resolve_device(device)

@@ -34,11 +34,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert import distributed
-from minbert.build import checkpoints
+from minbert.build import MODEL_RECORD, checkpoints, recorded_fingerprint
 from minbert.experiments import RESUMABLE, Experiment
 from minbert.weights import model_fingerprint
-
-MODEL_RECORD = "model_identity.json"
 
 
 class CheckpointError(ValueError):
@@ -85,15 +83,12 @@ def model_difference(out: Path, old: str, new: str) -> str:
     """Why `new` is not the run's model; "" when it is, wherever it lies. The run's fingerprint
     comes from its model_identity.json or, in folders written before it existed, from the old
     path when that still holds the model; without either, only the same path matches."""
-    path = out / MODEL_RECORD
-    recorded = json.loads(path.read_text()).get("fingerprint") if path.exists() else None
-    if recorded is None and old == new:
+    if old == new and not (out / MODEL_RECORD).exists():
         return ""
+    recorded = recorded_fingerprint(out, old)
     if recorded is None:
-        recorded = model_fingerprint(old)
-        if recorded is None:
-            return (f"the run's model folder is gone and the run predates {MODEL_RECORD}, so whether {new!r} is "
-                    f"the same model cannot be told; put the model back at {old!r} to resume")
+        return (f"the run's model folder is gone and the run predates {MODEL_RECORD}, so whether {new!r} is "
+                f"the same model cannot be told; put the model back at {old!r} to resume")
     current = model_fingerprint(new)
     if current == recorded:
         return ""

@@ -169,3 +169,19 @@ def test_a_run_folder_without_a_model_fingerprint_compares_as_before(moved, tiny
     assert train_multitask.main(argv(copy, tiny_data, moved)) == 2
     err = capsys.readouterr().err
     assert f"model: '{tmp_path / 'gone'}' -> '{copy}' (the run's model folder is gone" in err, err
+
+
+def test_evaluate_finds_a_moved_runs_model_through_model(moved, tiny_model, tiny_data, tmp_path, capsys):
+    """The checkout moved and config.json's model path is gone: evaluate.py --model takes the
+    model's new place, checked against the run's fingerprint."""
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "model": str(tmp_path / "gone")}))
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    common = [str(moved), "--device", "cpu", "--splits", "dev", "--max_eval_examples", "4"]
+    assert evaluate.main(common + ["--model", str(copy)]) == 0, capsys.readouterr().err
+    other = shutil.copytree(tiny_model, tmp_path / "other")
+    (other / "vocab.txt").write_text((other / "vocab.txt").read_text().replace("movie", "cinema"))
+    capsys.readouterr()
+    assert evaluate.main(common + ["--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {other}: not the model {moved} was trained from ({tmp_path / 'gone'})" in err, err
