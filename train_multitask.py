@@ -306,6 +306,8 @@ def main(argv=None) -> int:
     try:
         if args.shard:
             parse_shard(args.shard)
+        if not args.claim_timeout > 0:
+            raise ValueError(f"--claim_timeout must be > 0 seconds, got {args.claim_timeout}")
         if args.shard and (args.jobs or args.report):
             raise ValueError("--shard is one process's part of the sweep: leave out --jobs and --report")
         names = several_presets(args)
@@ -330,7 +332,8 @@ def main(argv=None) -> int:
     except IncompleteSweep as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as e:  # FileNotFoundError included; OSError: a hub id while offline
+    # FileNotFoundError included; OSError: a hub id while offline; the others: a preset's shard training
+    except (ValueError, OSError, FastPathMismatch, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if distributed.is_main():

@@ -245,10 +245,11 @@ class Claim:
 
     def heartbeat(self):
         while not self.stop.wait(self.timeout / 5):
-            try:
-                os.utime(self.path)
-            except FileNotFoundError:
+            if (read_claim(self.path.parent) or {}).get("token") != self.token:  # taken over: this process
+                print(f"warning: {self.path} was taken over by another process (this one paused longer than "
+                      f"--claim_timeout {self.timeout:g} s?); both may now train {self.path.parent}", flush=True)
                 return
+            os.utime(self.path)
 
     def release(self):
         self.stop.set()

@@ -179,3 +179,17 @@ def test_a_live_claim_holds_and_a_stale_one_is_taken_over(tmp_path):
     os.utime(tmp_path / "claim", (old, old))
     with Claim(tmp_path, timeout=60) as held:
         assert held and read_claim(tmp_path)["pid"] == os.getpid(), "a claim older than the timeout is taken over"
+
+
+def test_shards_of_several_presets_then_their_table(tiny_model, tiny_data, tmp_path, capsys, one_thread):
+    runs = tmp_path / "runs"
+    flags = ["--preset", "baseline,gse", "--model", str(tiny_model), "--data_dir", str(tiny_data), "--device", "cpu",
+             "--output_dir", str(runs), "--batch_size", "4", "--max_steps", "2", "--max_eval_examples", "8"]
+    assert train_multitask.main([*flags, "--shard", "1/2"]) == 0
+    assert (runs / "gse" / "all_results.json").exists() and not (runs / "baseline").exists()
+    assert train_multitask.main([*flags, "--report"]) == 1
+    assert "run 0 baseline (missing)" in capsys.readouterr().err and not (runs / "cs224n_table.md").exists()
+    assert train_multitask.main([*flags, "--shard", "0/2"]) == 0
+    assert train_multitask.main([*flags, "--report"]) == 0
+    table = (runs / "cs224n_table.md").read_text()
+    assert "| baseline | 0." in table and "| gse | 0." in table and "| pcgrad | not run |" in table
