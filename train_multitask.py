@@ -6,6 +6,8 @@
     python train_multitask.py --table runs/ --out results/cs224n_table.md
     python train_multitask.py --preset all --jobs 13 --fast     # every row at once (minbert/side_by_side.py)
     python train_multitask.py --task_name mrpc --grid 4,4 --epochs 1   # Dodge et al.'s init x data seed grid
+    python train_multitask.py --task_name mrpc --grid 4,5 --shard 3/20  # runs 3, 23, ... of it (minbert/shards.py)
+    python train_multitask.py --task_name mrpc --grid 4,5 --report      # once every shard is done
 
 By default a run computes with the readable code (attention's math, AdamW._update); --fast
 swaps in SDPA attention and the multi-tensor AdamW, each checked against the readable code
@@ -34,8 +36,10 @@ from minbert.data import not_found, split_path
 from minbert.experiments import CHOICES, PRESETS, Experiment, preset
 from minbert.fastpaths import FastPathMismatch
 from minbert.report import write_table
-from minbert.side_by_side import run_side_by_side
-from minbert.sweeps import SWEEP_EVALS_PER_EPOCH, run_grid, run_seeds, run_sweep
+from minbert.shards import CLAIM_TIMEOUT, IncompleteSweep, PlannedRun, check_runs, parse_shard, require_finished, \
+    train_shard, without_flags
+from minbert.side_by_side import run_shards, run_side_by_side
+from minbert.sweeps import SWEEP_EVALS_PER_EPOCH, plan_grid, plan_seeds, plan_sweep, train_run
 from minbert.trainer import Trainer
 from minbert.weights import resolve_model_dir
 
@@ -137,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = ap.add_argument_group("what to run")
     run.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)} (default baseline); several, "
                                                     f"comma-separated, or 'all' (the CS224N table) run side by side")
-    run.add_argument("--jobs", type=int, default=0, help="with several presets: how many run at once (default: all)")
+    run.add_argument("--jobs", type=int, default=0, help="with several presets: how many run at once (default: "
+                                                         "all); with --seeds/--sweep/--grid: K shards side by side")
     run.add_argument("--task_name", default=None, help="GLUE-style single task (mrpc, stsb, sst2, qqp, ...): "
                                                        "the 'glue' preset on this task")
     run.add_argument("--do_train", action="store_true", help="accepted for run_glue compatibility (always trains)")
@@ -153,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "the variance from each seed kind and a plot (evaluates as --sweep does)")
     run.add_argument("--table", default=None, metavar="RUNS_DIR", help="collect finished runs into a results table")
     run.add_argument("--out", default=None, help="with --table/--seeds/--sweep/several presets: where the report goes")
+    many = ap.add_argument_group("many machines (minbert/shards.py)")
+    many.add_argument("--shard", default=None, metavar="I/N",
+                      help="with --seeds/--sweep/--grid/several presets: train runs I, I+N, I+2N, ... of the "
+                           "sweep's run list (each under a claim file), write no report")
+    many.add_argument("--report", action="store_true",
+                      help="with the sweep's flags: train nothing, write the sweep's report from its run folders "
+                           "(refused, naming them, while any run is not finished)")
+    many.add_argument("--claim_timeout", type=float, default=CLAIM_TIMEOUT, metavar="SECONDS",
+                      help="a run's claim untouched this long is a dead process's: another may take the run over; "
+                           f"default {CLAIM_TIMEOUT:g}")
     fields = ap.add_argument_group("experiment fields (override the preset's; minbert/experiments.py)")
     hints = typing.get_type_hints(Experiment)
     for f in dataclasses.fields(Experiment):
@@ -206,7 +221,8 @@ def several_presets(args) -> list[str]:
 
 
 def side_by_side(args, names: list[str]) -> int:
-    """Several presets, one process each (minbert/side_by_side.py); each is checked first."""
+    """Several presets, one process each (minbert/side_by_side.py), or one shard of them here,
+    or their table (--report); each preset is checked first."""
     if args.task_name or args.seeds or args.sweep or args.grid or args.name or args.table:
         raise ValueError("several presets run one plain run each: leave out --task_name, --seeds, --sweep, "
                          "--grid, --name and --table")
@@ -214,6 +230,8 @@ def side_by_side(args, names: list[str]) -> int:
         raise ValueError("several presets start one process each: run the command without torchrun")
     if args.jobs < 0:
         raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
+    runs_dir = Path(args.output_dir or "runs")
+    runs = []
     for name in names:  # every preset's configuration is checked before any starts
         try:
             exp = resolve(argparse.Namespace(**{**vars(args), "preset": name}))
@@ -222,6 +240,9 @@ def side_by_side(args, names: list[str]) -> int:
         if args.print_config:
             print(json.dumps(exp.to_dict(), indent=2))
             continue
+        runs.append(PlannedRun(name, dataclasses.replace(exp, output_dir=str(runs_dir / name))))
+        if args.report:
+            continue
         resolve_model_dir(exp.model)  # what would stop every preset is said once, before any starts
         for t in exp.tasks:
             for path in (split_path(t, exp.data_dir, "train"), split_path(t, exp.data_dir, "dev")):
@@ -229,50 +250,107 @@ def side_by_side(args, names: list[str]) -> int:
                     raise not_found(t, path)
     if args.print_config:
         return 0
+    table = Path(args.out or runs_dir / "cs224n_table.md")
+    if args.report:  # the table the side-by-side command writes, once every preset is finished
+        require_finished(runs, f"the table of {runs_dir} (--table {runs_dir} writes the finished rows alone)")
+        write_table(runs_dir, table)
+        return 0
+    if args.shard:
+        check_runs(runs)
+        train_shard(runs, parse_shard(args.shard), args.claim_timeout, train_run)
+        return 0
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Experiment)
                  if getattr(args, f.name) is not None and f.name != "output_dir"}
-    runs_dir = Path(args.output_dir or "runs")
-    return run_side_by_side(names, overrides, min(args.jobs or len(names), len(names)), runs_dir,
-                            Path(args.out or runs_dir / "cs224n_table.md"))
+    return run_side_by_side(names, overrides, min(args.jobs or len(names), len(names)), runs_dir, table)
+
+
+def plan(args, exp: Experiment):
+    """--seeds, --sweep or --grid -> its sweeps.Sweep (run list, folder, report)."""
+    evals = args.eval_per_epoch or SWEEP_EVALS_PER_EPOCH
+    if args.seeds:
+        return plan_seeds(exp, [int(s) for s in args.seeds.split(",")], args.out)
+    if args.sweep:
+        t, f, p = args.sweep.split(",")
+        return plan_sweep(exp, int(t), float(f), int(p), args.out, evals_per_epoch=evals)
+    return plan_grid(exp, *parse_grid(args.grid), args.out, evals_per_epoch=evals)
+
+
+def many_runs(args, exp: Experiment, argv: list[str]) -> int:
+    """A sweep: one shard of it, all of it here (shard 0/1 then the report), K shards side by
+    side then the report (--jobs), or the report alone (--report)."""
+    sweep = plan(args, exp)
+    if args.report:
+        sweep.report()
+    elif args.jobs:
+        sweep.check()  # before any process starts
+        failed = run_shards(without_flags(argv, ("--jobs",)), args.jobs, sweep.out, sweep.runs)
+        if failed:
+            print(f"error: {', '.join(failed)} failed; see {sweep.out}/shard-*.log", file=sys.stderr)
+            return 1
+        sweep.report()
+    elif args.shard:
+        i, n = parse_shard(args.shard)
+        skipped = sweep.train((i, n), args.claim_timeout)
+        print(f"shard {i}/{n} done" + (f"; left to the processes holding them: {'; '.join(skipped)}" if skipped else "")
+              + f". Once every shard is done: the same command with --report instead of --shard {args.shard}")
+    else:
+        sweep.train(timeout=args.claim_timeout)
+        sweep.report()
+    return 0
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    sweep = bool(args.seeds or args.sweep or args.grid)
     try:
+        if args.shard:
+            parse_shard(args.shard)
+        if not args.claim_timeout > 0:
+            raise ValueError(f"--claim_timeout must be > 0 seconds, got {args.claim_timeout}")
+        if args.shard and (args.jobs or args.report):
+            raise ValueError("--shard is one process's part of the sweep: leave out --jobs and --report")
         names = several_presets(args)
         if names:
             return side_by_side(args, names)
-        if args.jobs:
-            raise ValueError("--jobs is for several presets (--preset a,b,c or --preset all)")
-        grid = parse_grid(args.grid) if args.grid else None
+        if args.jobs and not sweep:
+            raise ValueError("--jobs is for several presets (--preset a,b,c or --preset all) or a sweep "
+                             "(--seeds, --sweep, --grid)")
+        if args.jobs < 0 or (args.jobs and args.report):
+            raise ValueError(f"--jobs K runs K shards of the sweep, K >= 1 (got {args.jobs}), and not with --report")
+        if (args.shard or args.report) and not sweep:
+            raise ValueError("--shard and --report are for a sweep (--seeds, --sweep, --grid) or several presets "
+                             "(--preset a,b,c or --preset all)")
+        if args.grid:
+            parse_grid(args.grid)
         if sum(bool(x) for x in (args.seeds, args.sweep, args.grid)) > 1:
             raise ValueError("--seeds, --sweep and --grid each run many runs: choose one")
         if args.table:
             write_table(args.table, args.out or "results/cs224n_table.md")
             return 0
         exp = resolve(args)
-    except (ValueError, OSError) as e:  # FileNotFoundError included; OSError: a hub id while offline
+    except IncompleteSweep as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    # FileNotFoundError included; OSError: a hub id while offline; the others: a preset's shard training
+    except (ValueError, OSError, FastPathMismatch, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if distributed.is_main():
         print(json.dumps(exp.to_dict(), indent=2))
     if args.print_config:
         return 0
-    if distributed.launched() and (args.seeds or args.sweep or args.grid):
-        print("error: --seeds, --sweep and --grid run one process; start one torchrun per seed instead",
-              file=sys.stderr)
+    if distributed.launched() and sweep:
+        print("error: --seeds, --sweep and --grid train their runs one process each; split them with --shard "
+              "or --jobs, and torchrun one big run alone", file=sys.stderr)
         return 2
     try:
-        if args.seeds:
-            run_seeds(exp, [int(s) for s in args.seeds.split(",")], args.out)
-        elif args.sweep:
-            t, f, p = args.sweep.split(",")
-            run_sweep(exp, int(t), float(f), int(p), args.out,
-                      evals_per_epoch=args.eval_per_epoch or SWEEP_EVALS_PER_EPOCH)
-        elif grid:
-            run_grid(exp, *grid, args.out, evals_per_epoch=args.eval_per_epoch or SWEEP_EVALS_PER_EPOCH)
-        else:
-            Trainer(exp).train()
+        if sweep:
+            return many_runs(args, exp, argv)
+        Trainer(exp).train()
+    except IncompleteSweep as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     # before any work: another run's folder, bad data or weights, M-FAC memory, a fast path that
     # disagrees with the readable code; during: an unreadable checkpoint, a NaN that stopped the run
     except (ValueError, OSError, FastPathMismatch, FloatingPointError) as e:

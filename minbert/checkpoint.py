@@ -109,8 +109,8 @@ def check_run_folder(out: Path, exp: Experiment):
 def start_run_folder(out: Path, exp: Experiment, bert_config: dict):
     """Rank 0, once checked: start afresh if asked, and write config.json unless the run has one."""
     if exp.overwrite_output_dir and config_differences(out, exp):  # another run's folder: start afresh
-        for path in out.iterdir():  # train.log stays: side_by_side is writing this process's output there
-            if path.name != "train.log":
+        for path in out.iterdir():  # train.log and claim stay: side_by_side writes this process's output
+            if path.name not in ("train.log", "claim"):  # to the one; the other says this process holds the run
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.json").exists():  # a resumed run keeps the config it started with

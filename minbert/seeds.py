@@ -153,6 +153,14 @@ def _segment(run_fn: RunFn, run: Run, start: float, stop: float) -> None:
     run.evals.extend(evals)
 
 
+def check_search(t: int, f: float, p: int):
+    """t runs started, stopped at fraction f, p continued: 1 <= p <= t, 0 < f <= 1."""
+    if not (isinstance(t, int) and isinstance(p, int) and 1 <= p <= t):
+        raise ValueError(f"need integers 1 <= p <= t, got t={t!r}, p={p!r}")
+    if not 0.0 < f <= 1.0:
+        raise ValueError(f"f is a fraction of the training budget, need 0 < f <= 1, got {f}")
+
+
 def start_many_stop_early(run_fn: RunFn, t: int, f: float, p: int, epochs: float) -> SearchResult:
     """Start t runs, train each to fraction f, continue the best p to the end.
 
@@ -166,10 +174,7 @@ def start_many_stop_early(run_fn: RunFn, t: int, f: float, p: int, epochs: float
       ranked higher at f.
     - runs are started in run_id order 0..t-1, then continued best-at-f first.
     """
-    if not (isinstance(t, int) and isinstance(p, int) and 1 <= p <= t):
-        raise ValueError(f"need integers 1 <= p <= t, got t={t!r}, p={p!r}")
-    if not 0.0 < f <= 1.0:
-        raise ValueError(f"f is a fraction of the training budget, need 0 < f <= 1, got {f}")
+    check_search(t, f, p)
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
 

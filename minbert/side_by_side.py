@@ -1,7 +1,9 @@
-"""Several presets at once, one process each, on one machine: the CS224N table in one command.
+"""Several presets at once, one process each, on one machine: the CS224N table in one command;
+and a sweep's shards side by side (--seeds/--sweep/--grid with --jobs K).
 
     python train_multitask.py --preset all --jobs 13          # every row of the table, side by side
     python train_multitask.py --preset gse,smart-gse --epochs 1
+    python train_multitask.py --task_name mrpc --grid 4,4 --jobs 4   # shards 0/4 .. 3/4 at once, then the report
 
 Why processes side by side: a MiniLM update of batch 8 is a few hundred small kernels,
 so one process leaves a big GPU idle while Python launches them; several processes keep
@@ -26,9 +28,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from typing import Callable
+
 from tqdm.auto import tqdm
 
 from minbert.report import write_table
+from minbert.shards import PlannedRun, status
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train_multitask.py"
 
@@ -57,25 +62,25 @@ def last_step(run_dir: Path) -> int:
         return 0
 
 
-def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Path, table: Path) -> int:
-    """Train `names` in at most `jobs` processes at a time; returns 0 if every run finished."""
-    flags = as_flags(overrides)
-    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(names)))
+def run_processes(commands: dict[str, list[str]], logs: dict[str, Path], jobs: int, unit: str,
+                  progress: Callable[[list[str]], str]) -> tuple[list[str], int]:
+    """Run each command, its output in its log, at most `jobs` at a time, each with cores / jobs
+    threads. One bar counts finished processes (in a log file: a plain line every 30 s) with
+    `progress(running names)` beside it. Returns (the names that failed, threads per process)."""
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(commands)))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}  # the log gets a line per 30 s
-    waiting, running, failed, t0 = list(names), {}, [], time.time()
-    shown = t0
+    waiting, running, failed = list(commands), {}, []
+    shown = time.time()
     tty = sys.stderr.isatty()  # in a log file: a plain line every 30 s instead of a redrawn bar
-    bar = tqdm(total=len(names), desc=f"{len(names)} presets, {jobs} at a time", unit="preset", dynamic_ncols=True,
-               disable=not tty)
+    bar = tqdm(total=len(commands), desc=f"{len(commands)} {unit}s, {jobs} at a time", unit=unit,
+               dynamic_ncols=True, disable=not tty)
     try:
         while waiting or running:
             while waiting and len(running) < jobs:
                 name = waiting.pop(0)
-                out = runs_dir / name
-                out.mkdir(parents=True, exist_ok=True)
-                log = open(out / "train.log", "a")
-                cmd = [sys.executable, str(SCRIPT), "--preset", name, *flags, "--output_dir", str(out)]
-                running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+                logs[name].parent.mkdir(parents=True, exist_ok=True)
+                log = open(logs[name], "a")
+                running[name] = (subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT, env=env), log)
             time.sleep(1.0)
             for name, (proc, log) in list(running.items()):
                 if proc.poll() is not None:
@@ -84,14 +89,14 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
                     bar.update(1)
                     if proc.returncode != 0:
                         failed.append(name)
-                        tqdm.write(f"{name}: exited with {proc.returncode}; see {runs_dir / name / 'train.log'}")
+                        tqdm.write(f"{name}: exited with {proc.returncode}; see {logs[name]}")
                     else:
                         tqdm.write(f"{name}: done")
                     sys.stdout.flush()
-            if time.time() - shown > (10 if tty else 30):  # the latest logged step of each running preset
-                steps = ", ".join(f"{n} {last_step(runs_dir / n)}" for n in running)
-                bar.set_postfix_str(steps) if tty else print(f"{len(names) - len(waiting) - len(running)} of "
-                                                               f"{len(names)} presets done; at step: {steps}", flush=True)
+            if time.time() - shown > (10 if tty else 30):
+                line = progress(list(running))
+                bar.set_postfix_str(line) if tty else print(f"{len(commands) - len(waiting) - len(running)} of "
+                                                            f"{len(commands)} {unit}s done; {line}", flush=True)
                 shown = time.time()
     finally:  # interrupted (Ctrl-C, an error here): stop the children; their checkpoints let a rerun resume
         for proc, log in running.values():
@@ -99,6 +104,17 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
             proc.wait()
             log.close()
         bar.close()
+    return failed, threads
+
+
+def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Path, table: Path) -> int:
+    """Train `names` in at most `jobs` processes at a time; returns 0 if every run finished."""
+    flags, t0 = as_flags(overrides), time.time()
+    commands = {name: [sys.executable, str(SCRIPT), "--preset", name, *flags, "--output_dir", str(runs_dir / name)]
+                for name in names}
+    failed, threads = run_processes(commands, {n: runs_dir / n / "train.log" for n in names}, jobs, "preset",
+                                    lambda running: "at step: " + ", ".join(f"{n} {last_step(runs_dir / n)}"
+                                                                            for n in running))
     runs_dir.mkdir(parents=True, exist_ok=True)
     with open(runs_dir / "side_by_side.jsonl", "a") as f:  # the table's wall time; a resumed table adds a line
         f.write(json.dumps({"presets": names, "jobs": jobs, "threads_per_process": threads, "failed": failed,
@@ -110,3 +126,14 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
               + ", ".join(f"{n} (see {runs_dir / n / 'train.log'})" for n in failed), file=sys.stderr)
         return 1
     return 0
+
+
+def run_shards(argv: list[str], jobs: int, out: Path, runs: list[PlannedRun]) -> list[str]:
+    """A sweep's command as `jobs` shards side by side (--shard k/jobs appended), each one's
+    output in <out>/shard-<k>.log; returns the shards that failed. The caller writes the report."""
+    commands = {f"shard {k}/{jobs}": [sys.executable, str(SCRIPT), *argv, "--shard", f"{k}/{jobs}"]
+                for k in range(jobs)}
+    logs = {name: out / f"shard-{k}.log" for k, name in enumerate(commands)}
+    failed, _ = run_processes(commands, logs, jobs, "shard",
+                              lambda running: f"{sum(status(r) == 'finished' for r in runs)} of {len(runs)} runs finished")
+    return failed

@@ -145,3 +145,25 @@ def test_resume_under_torchrun(two_process_runs, tiny_model, tiny_data):
                  rtol=1e-5, atol=1e-6)
     results = json.loads((out / "all_results.json").read_text())
     assert results["world_size"] == WORLD and results["global_step"] == 4
+
+
+def test_two_nodes_equal_one_node(two_process_runs, tiny_model, tiny_data, tmp_path):
+    """One run across two "nodes": torchrun --nnodes 2 --node_rank 0|1 over 127.0.0.1, one process
+    each, as on two machines that see one output folder. The weights are the 2-process
+    single-node run's (gse-straight), exactly: the same ranks, batches and all_reduce."""
+    port, out = _free_port(), tmp_path / "gse"
+    flags = ["--preset", "gse", "--model", str(tiny_model), "--data_dir", str(tiny_data), "--output_dir", str(out),
+             "--device", "cpu", "--batch_size", str(B), "--eval_batch_size", "8", "--lr", "1e-3",
+             "--eval_per_epoch", "1", "--max_steps", "4"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(r), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               str(REPO / "train_multitask.py"), *flags], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for r in range(2)]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "best overall" in logs[0] and "best overall" not in logs[1]  # node 0's rank 0 alone speaks
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["world_size"] == 2 and results["global_step"] == 4
+    _assert_same(two_process_runs[0]["gse-straight"][0], load_file(str(out / "checkpoint-4" / "model.safetensors")),
+                 rtol=0, atol=0)
