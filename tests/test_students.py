@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import train_multitask
+from minbert.exercises.regions import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "STUDENTS.md"
@@ -141,6 +142,8 @@ def test_python_snippets_compile_and_import_what_exists():
 
 
 def test_exercise_edits_remove_lines_that_are_in_the_code():
+    if (ROOT / MANIFEST).exists():
+        pytest.skip("a student copy: the doc's edits quote solution lines that the copy's stubs replace")
     diffs = blocks("diff")
     assert len(diffs) >= 6
     for d in diffs:
