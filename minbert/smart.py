@@ -8,7 +8,7 @@ Two pieces, both model-agnostic:
 - the Bregman proximal point term (eq. 4-5) against a momentum ("mean") teacher.
 
 The caller applies the weights: loss = task_loss + lambda * smart_regularizer(...)
-(+ mu * bregman_divergence(...)); lambda is DEFAULTS["weight"].
+(+ mu * bregman_term(...)); lambda is DEFAULTS["weight"].
 
 Three readings of the perturbation (READINGS, `--smart_reading`); all start from
 x~ = x + nu, nu ~ N(0, sigma^2 I) (Algorithm 1 line 6), take `steps` ascent steps with
@@ -37,7 +37,8 @@ MomentumTeacher and bregman_divergence follow the paper alone.
 
 bf16 autocast: rounded to bf16, a 1e-5 perturbation of x ~ 0.2 vanishes, and so does
 f(x + nu) - f(x). Under autocast smart_regularizer therefore runs its passes (the clean one
-included) and the divergence in float32 (float32=False measures what autocast alone gives).
+included) and the divergence in float32, and bregman_term its two passes (float32=False
+measures what autocast alone gives; docs/SMART.md has the figures).
 
 forward_fn maps a list of embedding-layer outputs, one (B, T, H) tensor per
 sentence (two for siamese pair tasks), to the task output: (B, C) logits for
@@ -183,7 +184,7 @@ class MomentumTeacher:
     """Bregman proximal point (eq. 4-5): a frozen copy theta~ of the model, updated as
     theta~ <- (1 - beta) theta + beta theta~ (the paper's momentum, beta = 0.99).
 
-    Use: loss += mu * bregman_divergence(model_output, teacher(...), kind), then after
+    Use: loss += mu * bregman_term(student_fn, teacher_fn, model_output, kind), then after
     optimizer.step(): teacher.update(model, beta). The teacher keeps the mode
     (train/eval) the model had when it was copied; call teacher.module.eval() to
     switch its dropout off.
@@ -208,3 +209,14 @@ class MomentumTeacher:
 def bregman_divergence(student_output: Tensor, teacher_output: Tensor, kind: str) -> Tensor:
     """D_Breg of eq. 5 for one batch: l_s(f(x; theta), f(x; theta~)), teacher side constant."""
     return divergence(student_output, teacher_output.detach(), kind)
+
+
+def bregman_term(student_fn, teacher_fn, student_output: Tensor, kind: str, float32: bool = True) -> Tensor:
+    """bregman_divergence(student_output, teacher_fn(), kind). Under autocast both sides are
+    recomputed in float32 (student_fn() = student_output there): theta and theta~ lie a few
+    small steps apart, and bf16 outputs differ by more than that (2x the float32 value here)."""
+    device = student_output.device.type
+    if float32 and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return bregman_divergence(student_fn(), teacher_fn(), kind)
+    return bregman_divergence(student_output, teacher_fn(), kind)

@@ -29,7 +29,7 @@ from minbert.optim import MFAC, AdamW
 from minbert.pcgrad import pcgrad_backward
 from minbert.plots import plot_run
 from minbert.progress import Progress, say
-from minbert.smart import MomentumTeacher, bregman_divergence, smart_regularizer
+from minbert.smart import MomentumTeacher, bregman_term, smart_regularizer
 
 CheckpointError = checkpoint.CheckpointError  # what a caller catches when a run cannot resume
 
@@ -176,7 +176,9 @@ class Trainer:
                                         eps=exp.smart_eps, steps=exp.smart_steps, reading=exp.smart_reading)
                 loss = loss + exp.smart_weight * reg
             if self.teacher is not None:
-                loss = loss + exp.bregman_weight * bregman_divergence(output, self.teacher(task, batch), head.smart_kind)
+                breg = bregman_term(lambda: self.model.from_embeds(task, batch, [e.float() for e in embeds]),
+                                    lambda: self.teacher(task, batch), output, head.smart_kind)
+                loss = loss + exp.bregman_weight * breg
         return loss
 
     def apply(self, losses: dict[str, torch.Tensor], surgery: bool = False) -> bool:
