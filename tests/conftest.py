@@ -1,5 +1,6 @@
 """Shared paths for the tests. The real weights and data live outside the project, in
 ../shared (or where MINBERT_SHARED points); tests that need them skip with a reason."""
+import importlib.util
 import os
 from pathlib import Path
 
@@ -8,6 +9,14 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(os.environ.get("MINBERT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MINILM = Path(os.environ.get("MINBERT_MINILM", SHARED / "models" / "all-MiniLM-L6-v2"))
+
+
+def fixture_script(name: str):
+    """A script of tests/fixtures (not a package) as a module, for the cases it defines."""
+    spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def need(path: Path, what: str):

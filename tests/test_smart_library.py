@@ -6,18 +6,14 @@ settings and at one where the ascent step dominates. Live where the package is i
 tests/fixtures/make_smart_library.py wrote with it.
 
 The Bregman term has no counterpart to check: neither smart-pytorch nor the authors' mt-dnn has one."""
-import importlib.util
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURES
+from conftest import FIXTURES, fixture_script
 from minbert.smart import smart_regularizer
 
-_spec = importlib.util.spec_from_file_location("make_smart_library", FIXTURES / "make_smart_library.py")
-cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cases)
+cases = fixture_script("make_smart_library")  # the cases: encoder, inputs, heads, settings
 CASES = cases.case_names()
 
 
