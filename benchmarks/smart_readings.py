@@ -3,6 +3,8 @@ the regulariser's size per task at the paper's values, what bf16 autocast does t
 and to the Bregman term, and what running SMART's passes in float32 under autocast costs.
 
     python benchmarks/smart_readings.py --threads 1 --batches 3 --json docs/benchmarks/smart-readings-cpu.json
+    git show 769a6fc:minbert/smart.py > /tmp/smart_769a6fc.py    # the form before issue 24, measured beside:
+    python benchmarks/smart_readings.py --threads 1 --batches 3 --also /tmp/smart_769a6fc.py --no_timing
 
 R is smart_regularizer(...) at lambda-free paper values (sigma = eps = 1e-5, eta = 1e-3, one
 step) on batches of --batch_size consecutive dev examples of each task, dropout off (eval mode),
@@ -17,7 +19,7 @@ without the float32 passes, and in float32, interleaved (benchmarks/common.py).
 from __future__ import annotations
 
 import argparse
-import copy
+import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -34,14 +36,16 @@ from minbert.smart import DEFAULTS, READINGS, MomentumTeacher, bregman_term, sma
 PAPER = {k: v for k, v in DEFAULTS.items() if k != "weight"}
 
 
-def regulariser(model, task, batch, seed, reading, bf16=False, float32=True):
+def regulariser(model, task, batch, seed, reading, bf16=False, float32=True, smart_fn=None):
+    """R at the paper's values; smart_fn: another smart.py's smart_regularizer (--also), as it is."""
     head = model.heads[task]
+    kw = dict(reading=reading, float32=float32) if smart_fn is None else {}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         embeds = model.embed(task, batch)
         clean = model.from_embeds(task, batch, embeds)
         torch.manual_seed(seed)
-        return smart_regularizer(lambda es: model.from_embeds(task, batch, es), embeds, clean, head.smart_kind,
-                                 **PAPER, reading=reading, float32=float32).item()
+        return (smart_fn or smart_regularizer)(lambda es: model.from_embeds(task, batch, es), embeds, clean,
+                                               head.smart_kind, **PAPER, **kw).item()
 
 
 def bregman(model, teacher, task, batch, bf16=False, float32=True):
@@ -66,7 +70,14 @@ def main():
     ap.add_argument("--batches", type=int, default=3, help="dev batches per task")
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--data_dir", default="data")
+    ap.add_argument("--also", default=None, help="another smart.py, whose smart_regularizer is measured as 'other'")
+    ap.add_argument("--no_timing", action="store_true", help="skip the Bregman term and the timing")
     args = ap.parse_args()
+    other = None
+    if args.also:
+        spec = importlib.util.spec_from_file_location("other_smart", args.also)
+        other = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(other)
     device = setup(args)
     exp = preset("smart", device=str(device), data_dir=args.data_dir)
     tokenizer, model = build_model(exp, device)
@@ -78,19 +89,24 @@ def main():
 
     rows = []
     for task, bs in batches.items():
-        for reading in READINGS:
+        for reading in [*READINGS, *(["other"] if other else [])]:
+            kw = {"smart_fn": other.smart_regularizer} if reading == "other" else {}
             model.eval()
-            r32 = [regulariser(model, task, b, i, reading) for i, b in enumerate(bs)]
-            alone = [regulariser(model, task, b, i, reading, bf16=True, float32=False) for i, b in enumerate(bs)]
-            fixed = [regulariser(model, task, b, i, reading, bf16=True) for i, b in enumerate(bs)]
+            r32 = [regulariser(model, task, b, i, reading, **kw) for i, b in enumerate(bs)]
+            alone = [regulariser(model, task, b, i, reading, bf16=True, float32=False, **kw) for i, b in enumerate(bs)]
+            fixed = [regulariser(model, task, b, i, reading, bf16=True) for i, b in enumerate(bs)] if not kw else []
             model.train()
-            drop = [regulariser(model, task, b, i, reading) for i, b in enumerate(bs)]
-            rows.append({"task": task, "reading": reading, "R float32": span(r32), "R dropout on": span(drop),
-                         "bf16 alone / float32": ratios(alone, r32), "bf16 fixed / float32": ratios(fixed, r32)})
+            drop = [regulariser(model, task, b, i, reading, **kw) for i, b in enumerate(bs)]
+            rows.append({"task": task, "reading": f"{reading} ({args.also})" if other and reading == "other" else reading,
+                         "R float32": span(r32), "R dropout on": span(drop),
+                         "bf16 alone / float32": ratios(alone, r32),
+                         "bf16 fixed / float32": "—" if reading == "other" else ratios(fixed, r32)})
     model.eval()
     report("SMART's regulariser R at the paper's values, per task and reading (dropout off unless said)",
            env, rows, ["task", "reading", "R float32", "R dropout on", "bf16 alone / float32", "bf16 fixed / float32"],
-           None)
+           args.json if args.no_timing else None)
+    if args.no_timing:
+        return
 
     teacher = MomentumTeacher(model)
     g = torch.Generator().manual_seed(0)

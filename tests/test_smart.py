@@ -103,7 +103,9 @@ def test_library_step_normalises_each_token():
     g = torch.randn(3, 4, 5)
     step = _library_step(nu, g, eta=1e-3, eps=1e-5)
     expected = (nu + 1e-3 * g) / ((nu + 1e-3 * g).abs().amax(dim=-1, keepdim=True) + 1e-5)
-    torch.testing.assert_close(step, expected, rtol=0, atol=0)
+    torch.testing.assert_close(step, expected, rtol=0, atol=0, msg=lambda e: (
+        f"_library_step: nu <- (nu + eta g) / (||nu + eta g||_inf + eps), one norm per token over H "
+        f"(smart-pytorch 0.0.4, SMARTLoss): {e}"))
     size = step.abs().amax(dim=-1)  # (B, T) one inf-norm per token
     assert (size < 1).all() and (size > 0.5).all(), (
         f"_library_step: each token's largest entry must be ||s||_inf / (||s||_inf + eps), under 1 and "
