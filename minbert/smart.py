@@ -16,8 +16,9 @@ g = grad_nu l_s(f(x + nu), f(x)) (f(x) held constant), and return l_s(f(x + nu),
 
   library  nu <- (nu + eta g) / (||nu + eta g||_inf + eps), the norm per token (over H).
            smart-pytorch 0.0.4, SMARTLoss.forward (archinetai/smart-pytorch, on PyPI), the
-           library whose four settings the student paper gives. eps only guards the division,
-           so nu ends with ~1 in each token's largest entry, against |x| ~ 0.2.
+           library whose four settings the student paper gives (its noise_var multiplies
+           N(0, 1): it is sigma). eps only guards the division, so nu ends with ~1 in each
+           token's largest entry, against |x| ~ 0.2.
   paper    nu <- Pi(nu + eta g / ||g||_inf), the norm per example (over T, H), Pi the
            projection onto the eps-ball ||x~ - x||_inf <= eps (Algorithm 1 lines 8-9; the
            ball's norm is the one line 8 normalises with). At eps = 1e-5, |nu| <= 1e-5.
@@ -43,7 +44,8 @@ measures what autocast alone gives; docs/SMART.md has the figures).
 forward_fn maps a list of embedding-layer outputs, one (B, T, H) tensor per
 sentence (two for siamese pair tasks), to the task output: (B, C) logits for
 "classification", (B,) or (B, 1) logit for "binary", (B,) or (B, 1) score for
-"regression". With dropout on, each forward_fn call draws its own mask.
+"regression". With dropout on, each forward_fn call draws its own mask (as in both
+sources), and at the paper's values R then mostly measures the dropout (docs/SMART.md).
 """
 import copy
 

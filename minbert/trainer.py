@@ -97,7 +97,8 @@ def eval_due(step: int, stop: int, per_epoch: int, steps_per_epoch: int) -> bool
 
 
 def describe(exp: Experiment, device: torch.device, world: int) -> str:
-    return (f"update={exp.update}, smart={exp.smart_reading if exp.smart else False}, optim={exp.optim}, device={device}, "
+    smart = exp.smart_reading if exp.smart else False
+    return (f"update={exp.update}, smart={smart}, optim={exp.optim}, device={device}, "
             f"tasks={','.join(exp.tasks)}" + (", fast paths" if exp.fast else "")
             + (f", {world} processes of batch {exp.batch_size}" if world > 1 else ""))
 

@@ -78,8 +78,9 @@ def test_ascent_step_increases_divergence(kind, reading):
         torch.manual_seed(123)  # the same random start for every run
         values.append(smart_regularizer(f, embeds, clean, kind, sigma=1e-2, eta=1e-1, eps=eps, steps=steps,
                                         reading=reading).item())
-    assert values[0] < values[1] < values[2], \
-        f"smart_regularizer ({reading}): each ascent step (Algorithm 1) must raise the divergence; 0, 1, 3 steps gave {values}"
+    assert values[0] < values[1] < values[2], (
+        f"smart_regularizer ({reading}): each ascent step (Algorithm 1) must raise the divergence; "
+        f"0, 1, 3 steps gave {values}")
 
 
 def test_library_perturbation_is_unit_size_at_paper_values():
@@ -122,7 +123,10 @@ def test_paper_step_stays_in_the_eps_ball():
     # an eta-sized step (1e-3) along g / ||g||_inf, clipped at +-eps: each example's largest |g| sits at +-eps
     flat, gflat = step.flatten(1), g.flatten(1)
     at_max = gflat.abs().argmax(dim=1)
-    assert torch.equal(flat.gather(1, at_max[:, None]).squeeze(1), 1e-5 * gflat.gather(1, at_max[:, None]).sign().squeeze(1))
+    at_g_max = flat.gather(1, at_max[:, None]).squeeze(1)  # (B,) nu where |g| is largest
+    assert torch.equal(at_g_max, 1e-5 * gflat.gather(1, at_max[:, None]).sign().squeeze(1)), (
+        f"_paper_step: an eta-sized step along g / ||g||_inf must reach the ball's edge, eps * sign(g), where |g| "
+        f"is largest (Algorithm 1 lines 8-9); got {at_g_max.tolist()}")
     assert torch.equal(_paper_step(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), 1e-3, 1e-5), torch.zeros(2, 3, 4))
 
 
@@ -135,8 +139,8 @@ def test_mtdnn_final_loss_has_the_symmetric_kl_value_and_one_sided_gradients():
     ga, gc = torch.autograd.grad(loss, (a, c))
     # the half whose target is f(x~) moves f(x) like cross-entropy against softmax f(x~): d/dc = softmax(c) - softmax(a)
     p, q = torch.softmax(a, -1).detach(), torch.softmax(c, -1).detach()
-    torch.testing.assert_close(gc, (q - p) / 2, msg=lambda e: f"_mtdnn_final_loss: the clean side's gradient is that of "
-                               f"KL(f(x~)||f(x)) with f(x~) constant: {e}")
+    torch.testing.assert_close(gc, (q - p) / 2, msg=lambda e: (
+        f"_mtdnn_final_loss: the clean side's gradient is that of KL(f(x~)||f(x)) with f(x~) constant: {e}"))
     torch.testing.assert_close(ga, (p - q) / 2)
     # a one-logit head is the two-class softmax on [0, x]
     x, y = torch.tensor([0.5, -2.0]), torch.tensor([-1.0, 0.0])
