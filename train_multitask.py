@@ -61,6 +61,7 @@ HELP = {
     "smart_weight": "SMART's lambda", "smart_sigma": "SMART's initial noise std",
     "smart_eta": "SMART's ascent step size", "smart_eps": "SMART's perturbation bound",
     "smart_steps": "SMART's ascent steps",
+    "smart_reading": "how SMART finds its perturbation (minbert/smart.py, READINGS)",
     "bregman_weight": "mu of the Bregman proximal-point term; > 0 switches it on",
     "bregman_beta": "the momentum teacher's average rate",
     "optim": "the optimizer (MFAC, the model cards' spelling, also works)",

@@ -24,6 +24,7 @@ from minbert.optim import MFAC
 from minbert.paths import default_model
 from minbert.pooling import POOLERS
 from minbert.smart import DEFAULTS as SMART
+from minbert.smart import READINGS as SMART_READINGS
 
 DEFAULT_MODEL = str(default_model())  # $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/... (paths.py)
 # name -> what it means; the allowed values of every enum-like field, for checks and --help
@@ -42,6 +43,7 @@ CHOICES = {
     "results_from": {"best": "the best evaluation (by the overall score)", "final": "the last evaluation (run_glue)"},
     "bad_rows": {"skip": "counted and named in a warning", "raise": "stop at the first"},
     "nonfinite": {"stop": "stop the run", "skip": "skip the step, counted"},
+    "smart_reading": SMART_READINGS,
 }
 ADAMW_ARGS = {"betas", "eps", "foreach", "compile"}
 MFAC_ARGS = set(inspect.signature(MFAC).parameters) - {"params"} | {"only"}
@@ -76,6 +78,7 @@ class Experiment:
     smart_eta: float = SMART["eta"]
     smart_eps: float = SMART["eps"]
     smart_steps: int = SMART["steps"]
+    smart_reading: str = "library"  # library | paper | mt-dnn: how the perturbation is found (minbert/smart.py)
     bregman_weight: float = 0.0  # mu; > 0 adds the Bregman proximal-point term (momentum teacher)
     bregman_beta: float = 0.99
     optim: str = "adamw"  # adamw | mfac (MFAC, the model cards' spelling, is read as mfac)
@@ -200,6 +203,10 @@ PRESETS: dict[str, tuple[dict, tuple | None]] = {
     "cos-d": (_gse(heads={"sts": "cos-d"}), (0.508, 0.730, 0.185, 0.610)),
     "cos-2d1": (_gse(heads={"sts": "cos-2d1"}), (0.510, 0.737, 0.365, 0.643)),
     "cos-2d1-mean": (_gse(heads={"sts": "cos-2d1"}, pooling="mean"), (0.499, 0.747, 0.357, 0.641)),
+    # SMART's perturbation is smart-pytorch's (smart_reading="library"): "To implement SMART, we
+    # utilize the framework of a preexisting library (Jiang et al., 2020), where we set the parameters
+    # as lambda = 5, eta = 10^-3, epsilon = 10^-5, and sigma = 10^-5" (section 4.4). These are the four
+    # settings of smart-pytorch 0.0.4's SMARTLoss (weight, step_size, epsilon, noise_var).
     # "To each individual task's loss, we add a regularization loss" (section 5.3.4): SMART on the
     # baseline's separate updates. Section 4.4's other reading, the losses and regularisers
     # "combined" into one training loss, is --preset smart --update summed.

@@ -29,7 +29,7 @@ from minbert.optim import MFAC, AdamW
 from minbert.pcgrad import pcgrad_backward
 from minbert.plots import plot_run
 from minbert.progress import Progress, say
-from minbert.smart import MomentumTeacher, bregman_divergence, smart_regularizer
+from minbert.smart import MomentumTeacher, bregman_term, smart_regularizer
 
 CheckpointError = checkpoint.CheckpointError  # what a caller catches when a run cannot resume
 
@@ -97,7 +97,8 @@ def eval_due(step: int, stop: int, per_epoch: int, steps_per_epoch: int) -> bool
 
 
 def describe(exp: Experiment, device: torch.device, world: int) -> str:
-    return (f"update={exp.update}, smart={exp.smart}, optim={exp.optim}, device={device}, "
+    smart = exp.smart_reading if exp.smart else False
+    return (f"update={exp.update}, smart={smart}, optim={exp.optim}, device={device}, "
             f"tasks={','.join(exp.tasks)}" + (", fast paths" if exp.fast else "")
             + (f", {world} processes of batch {exp.batch_size}" if world > 1 else ""))
 
@@ -173,10 +174,12 @@ class Trainer:
             if exp.smart:
                 reg = smart_regularizer(lambda es: self.model.from_embeds(task, batch, es), embeds, output,
                                         head.smart_kind, sigma=exp.smart_sigma, eta=exp.smart_eta,
-                                        eps=exp.smart_eps, steps=exp.smart_steps)
+                                        eps=exp.smart_eps, steps=exp.smart_steps, reading=exp.smart_reading)
                 loss = loss + exp.smart_weight * reg
             if self.teacher is not None:
-                loss = loss + exp.bregman_weight * bregman_divergence(output, self.teacher(task, batch), head.smart_kind)
+                breg = bregman_term(lambda: self.model.from_embeds(task, batch, [e.float() for e in embeds]),
+                                    lambda: self.teacher(task, batch), output, head.smart_kind)
+                loss = loss + exp.bregman_weight * breg
         return loss
 
     def apply(self, losses: dict[str, torch.Tensor], surgery: bool = False) -> bool:

@@ -1,5 +1,6 @@
 """Shared paths for the tests. The real weights and data live outside the project, in
 ../shared (or where MINBERT_SHARED points: minbert/paths.py); tests that need them skip with a reason."""
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,14 @@ from minbert.paths import SHARED_ENV, default_model, shared_dir
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = shared_dir()
 MINILM = default_model()
+
+
+def fixture_script(name: str):
+    """A script of tests/fixtures (not a package) as a module, for the cases it defines."""
+    spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def need(path: Path, what: str):

@@ -241,9 +241,12 @@ def test_smart_regularizer_value_and_gradient(kind):
     r = smart_regularizer(f, [e], f([e]), kind, sigma=1e-2, eta=1e-1, eps=1e-5, steps=2)
     what = (f"smart_regularizer ({kind}, sigma 1e-2, eta 1e-1, 2 ascent steps, torch.manual_seed(0) before the call): "
             f"R_s = l_s(f(x + delta), f(x)) (Jiang et al. 2020, eq. 3), delta from nu ~ N(0, sigma^2 I) "
-            f"(torch.randn_like) and x~ <- x~ + eta g~ / ||g~||_inf (Algorithm 1)")
+            f"(torch.randn_like) and the library reading's ascent nu <- (nu + eta g) / (||nu + eta g||_inf + eps), "
+            f"one inf-norm per token over the hidden size (_library_step)")
     expect(r, f"smart.{kind}.value", f"{what}: the value", [
-        (f"smart.slip.descent.{kind}", "of a descent step x~ <- x~ - eta g~: the ascent must move the noise uphill, +eta g~")],
+        (f"smart.slip.descent.{kind}", "of a descent step nu <- nu - eta g: the ascent must move the noise uphill, +eta g"),
+        (f"smart.slip.per_example.{kind}", "of one inf-norm per example (over T and H): the library takes one per "
+                                           "token, amax over the last dimension only")],
         tol=F64)
     (grad,) = torch.autograd.grad(r, e)
     expect(grad, f"smart.{kind}.grad", f"{what}: its gradient with respect to the embeddings x, which flows "
