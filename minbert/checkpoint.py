@@ -69,12 +69,16 @@ def config_differences(out: Path, exp: Experiment) -> list[str]:
     if not path.exists():
         return []
     try:
-        old = Experiment.from_dict(json.loads(path.read_text())).to_dict()
+        raw = json.loads(path.read_text())
+        old = Experiment.from_dict(raw).to_dict()
     except ValueError as e:
         return [f"its config.json cannot be read ({' '.join(str(e).split())})"]
     old, new = (json.loads(json.dumps(d)) for d in (old, exp.to_dict()))  # both as JSON has them: lists, not tuples
     differ = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k not in RESUMABLE and k != "model"
               and old.get(k) != new[k]]
+    if raw.get("smart") and "smart_reading" not in raw:  # a SMART run from before the readings (smart.py)
+        differ.append(f"smart_reading: the old form (Algorithm 1 without its projection, removed) -> "
+                      f"{new['smart_reading']!r}")
     model = model_difference(out, old["model"], new["model"])
     return differ + ([f"model: {old['model']!r} -> {new['model']!r} ({model})"] if model else [])
 

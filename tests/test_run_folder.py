@@ -185,3 +185,16 @@ def test_evaluate_finds_a_moved_runs_model_through_model(moved, tiny_model, tiny
     assert evaluate.main(common + ["--model", str(other)]) == 2
     err = capsys.readouterr().err
     assert f"--model {other}: not the model {moved} was trained from ({tmp_path / 'gone'})" in err, err
+
+
+def test_a_smart_run_from_before_the_readings_is_not_resumed_with_another_ascent(tmp_path, tiny_model, tiny_data,
+                                                                                 capsys):
+    """Its config.json has no smart_reading: its ascent was the removed form, so resuming it with the
+    library reading would silently change what the run computes."""
+    from minbert.checkpoint import config_differences
+    exp = tiny_experiment("smart", tiny_model, tiny_data, tmp_path)
+    old = exp.to_dict()
+    del old["smart_reading"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    differ = config_differences(tmp_path, exp)
+    assert differ == ["smart_reading: the old form (Algorithm 1 without its projection, removed) -> 'library'"], differ
