@@ -31,6 +31,12 @@ def run_seeds(exp: Experiment, seeds: list[int], out: str | None):
     for s in seeds:
         run = dataclasses.replace(exp, seed=s, output_dir=str(out_dir / f"seed-{s}"))
         results.append({"seed": s, **Trainer(run).train()})
+    return write_seeds(exp, results, out_dir)
+
+
+def write_seeds(exp: Experiment, results: list[dict], out_dir: Path):
+    """<out_dir>/seeds.json and seeds.md from the records of one run per seed ({"seed": s, **all_results})."""
+    seeds = [r["seed"] for r in results]
     summary = summarize(results)
     timing = {k: statistics.mean(r[k] for r in results) for k in ("train_runtime", "peak_memory_mb")}
     # Time of one update without evaluation (older runs lack update_ms: then wall time per step).
