@@ -94,7 +94,7 @@ def environment(day: Day) -> dict:
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "gpu": torch.cuda.get_device_name(0) if cuda else "none (CPU)", "nvidia_smi": query or "absent",
             "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "python": platform.pythonversion(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "cpus": os.cpu_count(),
             "commit": day.env.get("MINBERT_COMMIT") or git_commit(), "dry_run": day.dry,
             "transformers": version("transformers"), "command": " ".join(sys.argv)}
 
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     env_gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H%M-") + re.sub(r"[^A-Za-z0-9]+", "-", env_gpu) \
         + ("-dry" if args.dry_run else "")
-    day = Day(out=Path(args.out).resolve() / stamp, dry=args.dry_run, end=t0 + 60 * args.budget - 20,
+    day = Day(out=Path(args.out).resolve() / stamp, dry=args.dry_run, end=t0 + 60 * args.budget - 30,
               data_dir=args.data_dir, model=args.model)
     day.out.mkdir(parents=True, exist_ok=True)
     day.say(f"# GPU day {stamp}{' (dry run)' if day.dry else ''}\n\n`{' '.join(['python -m minbert.gpu_day', *argv])}`\n")

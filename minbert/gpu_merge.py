@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import tarfile
@@ -77,11 +78,12 @@ def section(day: Path, meta: dict) -> str:
         printed = out.read_text().splitlines() if out.exists() else []
         start = next((i for i, ln in enumerate(printed) if ln.startswith("## ")), None)
         if start is None or not (day / "benchmarks" / f"{name}.json").exists():
-            said = next((ln.strip() for ln in report if ln.strip().startswith(f"- {name}:")), "no line in the report")
+            said = next((ln.strip().removeprefix(f"- {name}:").strip() for ln in report
+                         if ln.strip().startswith(f"- {name}:")), "no line in the report")
             lines.append(f"Not measured this day: {said}")
             continue
         args = dry_args if meta["dry_run"] else gpu_args
-        lines += [f"    python benchmarks/{script} {' '.join(args)}", ""]
+        lines += [f"    python benchmarks/{script} {shlex.join(args)}", ""]
         lines += [ln.replace("## ", "#### ", 1) if ln.startswith("## ") else ln
                   for ln in printed[start:] if not ln.startswith("wrote ")]
     return "\n".join(lines).rstrip() + "\n"
