@@ -105,7 +105,7 @@ def test_the_dry_run_goes_through_every_step(dry_day):
         line = next((ln for ln in report.splitlines() if ln.startswith(f"- {step}:")), "")
         assert line and "FAILED" not in report and "CRASHED" not in line, f"gpu_day step {step}: {line}\n{report}"
     assert "skipped (no CUDA here)" in report and " 0 failed" in report
-    assert "smart-gse: finished at step 1 of 120 (0.08 of 10 epochs)" in report  # the paper's length, cut short
+    assert "smart-gse: finished at step 1 of 60 (0.17 of 10 epochs)" in report  # the paper's length, cut short
     assert "compared 1 Adam and 1 M-FAC runs" in report and "- grid: done: 4 runs" in report
     assert archive.stat().st_size < gpu_day.ARCHIVE_LIMIT
     names = tarfile.open(archive).getnames()
@@ -129,7 +129,7 @@ def test_the_dry_runs_archive_merges_into_copies_of_results(dry_day, tmp_path):
         assert text.count("<!-- gpu-day ") == 1 and text.index("<!-- gpu-day ") < text.index(gpu_merge.OWED)
     table = (results / "cs224n_table.md").read_text()
     assert "**Made before the 2026-11-23 changes" in table, "the note written above the table must stay"
-    assert "| smart-gse | 0.357 |" in table and "0.08 of 10" in table  # the CPU row and the day's row
+    assert "| smart-gse | 0.357 |" in table and "0.17 of 10" in table  # the CPU row and the day's row
     assert "#### AdamW step" in text and "| minilm | 103 | 22.7M | torch fused |" in text
     day = next((results / "gpu_days").iterdir())
     assert (day / "report.md").exists() and (day / "mfac" / "mfac_mrpc.md").exists()
