@@ -70,15 +70,22 @@ def set_up(day: Day) -> str:
             (bundle / "data").mkdir()
             with tarfile.open(bundle / "data.tar.xz") as tar:
                 tar.extractall(bundle / "data", filter="data")
-        SHARED.symlink_to(bundle)
-        notes.append(f"../shared linked to {bundle}")
+        try:
+            SHARED.symlink_to(bundle)
+            notes.append(f"../shared linked to {bundle}")
+        except OSError as e:  # then the steps that need the model or the data say so
+            notes.append(f"could not link ../shared to {bundle}: {e}")
     if day.data_dir == "data" and (SHARED / "data").exists():
         subprocess.run([PY, "data/prepare_data.py", "--from", str(SHARED / "data")], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         notes.append(f"data/ from {SHARED / 'data'}")
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
-    if missing:  # never the pinned CPU torch over a CUDA build: the missing ones only
-        ok = subprocess.run([PY, "-m", "pip", "install", "-q", *missing], timeout=120).returncode == 0
+    if missing:  # never the pinned CPU torch over a CUDA build: the missing ones only, and quickly (no network?)
+        try:
+            ok = subprocess.run([PY, "-m", "pip", "install", "-q", "--retries", "0", "--timeout", "5", *missing],
+                                timeout=60).returncode == 0
+        except subprocess.TimeoutExpired:
+            ok = False
         notes.append(f"installed {', '.join(missing)}" if ok else f"could not install {', '.join(missing)}")
     if git_commit() == "unknown" and (bundle / "COMMIT").exists():  # a copy without .git: make gpu-bundle wrote it
         day.env["MINBERT_COMMIT"] = (bundle / "COMMIT").read_text().strip()
