@@ -39,9 +39,10 @@ MFAC_SEEDS = (42, 43, 44, 45, 46)
 # cannot come back from the device machine, and writing 13 of 270 MB costs its minutes.
 GPU = {"table": ["--fast", "--no-save_checkpoints"], "mfac": ["--fast", "--no-save_checkpoints"],
        "grid": ["--grid", "3,3", "--epochs", "1", "--fast", "--no-save_checkpoints"]}
-DRY = {"table": ["--max_steps", "1", "--max_eval_examples", "16"],
-       "mfac": ["--max_steps", "2", "--max_eval_examples", "16"],
-       "grid": ["--grid", "2,2", "--max_steps", "1", "--max_eval_examples", "16", "--eval_per_epoch", "1"]}
+TOY = ["--max_eval_examples", "16", "--max_length", "32"]
+DRY = {"table": ["--max_steps", "1", *TOY],
+       "mfac": ["--max_steps", "2", "--batch_size", "8", *TOY],
+       "grid": ["--grid", "2,2", "--max_steps", "1", "--batch_size", "8", "--eval_per_epoch", "1", *TOY]}
 BENCHMARKS = {  # name -> (script, GPU arguments (the "Owed" list, sized to the day), dry-run arguments)
     "encoder": ("bench_encoder.py", shlex.split("--configs minilm,bert-base --batch 32 --seq_len 128 "
                                                 "--modes fp32,bf16 --steps 20 --rounds 2"),
