@@ -283,8 +283,8 @@ class Trainer:
         if self.stopped_at_deadline:  # where it got to is evaluated and kept; the same command resumes
             self.say(f"{exp.name}: stopped at the deadline {exp.deadline} at step {self.step} of {self.total_steps} "
                      f"({self.step / self.steps_per_epoch:.2f} of {exp.epochs:g} epochs)")
-            if not any(e["step"] == self.step and "eval_overall" in e for e in self.history):
-                self.evaluate_and_save()
+            if distributed.broadcast(not any(e["step"] == self.step and "eval_overall" in e for e in self.history)):
+                self.evaluate_and_save()  # rank 0 alone holds the evaluations: it decides for all
         return self.finish(self.step - start_step)
 
     def evaluate_and_save(self):
