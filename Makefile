@@ -1,6 +1,9 @@
 # Two commands do everything on a fresh machine:
 #   make train    set up, copy the data, train the default preset on the default model
 #   make test     set up, run the test suite (what .ci/run does)
+# and two for a GPU day (README, "On a GPU"):
+#   make gpu-bundle   pack the model, the data and the commit into .bundle/ for the device machine
+#   make gpu          the GPU day's programme (python -m minbert.gpu_day); ARGS="--dry_run" on a CPU
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +11,10 @@ PY     := $(VENV)/bin/python
 MINBERT_SHARED ?= ../shared
 ARGS   ?=
 
-.PHONY: setup data train test
+# On the device machine there is no .venv (and no network): its own python3 has CUDA's torch.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+.PHONY: setup data train test gpu gpu-bundle
 setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +30,11 @@ train: data
 
 test: setup
 	$(PY) -m pytest -q
+
+gpu:
+	$(GPU_PY) -m minbert.gpu_day $(ARGS)
+
+gpu-bundle:
+	$(SHARED)/tools/device-bundle
+	(git rev-parse --short HEAD; git status --porcelain --untracked-files=no) | \
+	  awk 'NR == 1 {c = $$0} NR > 1 {d = "+dirty"} END {print c d}' > .bundle/COMMIT

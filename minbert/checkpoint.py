@@ -196,6 +196,8 @@ def save_best(out: Path, model: torch.nn.Module):
 
 def git_commit() -> str:
     """The code's commit, so a result can be traced to what made it ("+dirty" if changed)."""
+    if os.environ.get("MINBERT_COMMIT"):  # a copy of the tree without .git (the GPU day sets it, gpu_day.py)
+        return os.environ["MINBERT_COMMIT"]
     here = Path(__file__).parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
@@ -241,6 +243,7 @@ def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, de
             "train_loss": sum(losses) / len(losses) if losses else float("nan"),
             "peak_memory_mb": cost["peak_memory_mb"], "device": device_name(device), "world_size": world,
             "nonfinite_skipped": progress["nonfinite_skipped"], "steps_per_epoch": spe,
+            "stopped_at_deadline": progress.get("stopped_at_deadline", False),
             "epochs": exp.epochs, "model": exp.model, "preset": exp.name, "fast": exp.fast,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
             "commit": ",".join(cost["commits"])}

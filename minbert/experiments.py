@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from minbert.data import TASKS
@@ -50,7 +51,7 @@ MFAC_ARGS = set(inspect.signature(MFAC).parameters) - {"params"} | {"only"}
 # Fields that say where and how fast a run goes, not what it computes: they may change when
 # a run is resumed (a longer --max_steps continues it). Every other field must match the
 # config.json of the run in the output folder (checkpoint.check_run_folder).
-RESUMABLE = ("max_steps", "output_dir", "overwrite_output_dir", "device", "fast", "compile",
+RESUMABLE = ("max_steps", "deadline", "output_dir", "overwrite_output_dir", "device", "fast", "compile",
              "eval_batch_size", "logging_steps", "save_checkpoints", "nonfinite", "bad_rows")
 
 
@@ -94,6 +95,7 @@ class Experiment:
     iters_mult: float = 1  # iterations per epoch = iters_mult * smallest training set // batch_size
     steps_per_epoch: int = 0  # 0: derive it as above; -1: one pass over the (first) task's training set
     max_steps: int = 0  # > 0 caps the run (smoke tests)
+    deadline: str = ""  # ISO time (UTC unless it says): stop there, evaluate, checkpoint; "" none
     max_length: int = 128
     bucket_window: int = 0  # > 1: batches of similar length, sorted within windows of this many (batches.py)
     # evaluation and output
@@ -157,11 +159,23 @@ class Experiment:
                 f"{self.steps_per_epoch}, {self.smart_steps}, {self.init_seed}, {self.data_seed}")
         if not (0 <= self.head_dropout < 1 and 0 <= self.bregman_beta < 1):
             bad(f"head_dropout and bregman_beta must be in [0, 1), got {self.head_dropout} and {self.bregman_beta}")
+        if self.deadline:
+            try:
+                self.deadline_seconds()
+            except ValueError:
+                bad(f"deadline {self.deadline!r} is not an ISO time such as 2026-12-01T09:30:00+00:00")
         known = ADAMW_ARGS if self.optim == "adamw" else MFAC_ARGS
         unknown = sorted(set(self.optim_args) - known)
         if unknown:
             bad(f"unknown {'AdamW' if self.optim == 'adamw' else 'M-FAC'} argument(s) {unknown} in optim_args; "
                 f"known: {', '.join(sorted(known))} (lr and weight_decay have their own flags)")
+
+    def deadline_seconds(self) -> float | None:
+        """The deadline as time.time() counts (seconds since 1970), or None; a time without a zone is UTC."""
+        if not self.deadline:
+            return None
+        when = datetime.fromisoformat(self.deadline)
+        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
     @property
     def out_dir(self) -> Path:

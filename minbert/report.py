@@ -35,7 +35,8 @@ def table_row(run: dict) -> dict:
     return {"preset": run["preset"], "ours": {m: run.get(m) for m in TABLE_METRICS},
             "epochs_done": run["global_step"] / run["steps_per_epoch"], "epochs": run["config"]["epochs"],
             **{k: run[k] for k in ("model", "train_runtime", "device", "peak_memory_mb", "date", "command")},
-            "commit": run.get("commit"), "dev_subset": run.get("dev_subset")}
+            "commit": run.get("commit"), "dev_subset": run.get("dev_subset"),
+            "stopped_at_deadline": run.get("stopped_at_deadline", False)}
 
 
 def planned_epochs(command: str) -> float:
@@ -64,22 +65,55 @@ def earlier_rows(path: Path) -> list[dict]:
     return [r for r in rows if r["preset"] in PRESETS]
 
 
-def write_table(runs_dir, out_md, keep: bool = True):
-    """results/cs224n_table.md (+ .json): our dev scores beside the paper's, one row per preset.
+def device_kind(row: dict) -> str:
+    """"cpu" or the GPU's name: a row is replaced only by a later run of its preset on the same kind of device."""
+    return row["device"].split(" (")[0]
 
-    With `keep`, the rows of the table already at out_md stay for presets that runs_dir holds
-    no run of, so a table can be filled over several sessions or machines; every row keeps
-    its own command, device, date and commit."""
+
+def write_table(runs_dir, out_md, keep: bool = True):
+    """results/cs224n_table.md (+ .json): our dev scores beside the paper's, one row per preset and device.
+
+    With `keep`, the rows of the table already at out_md stay unless runs_dir holds a run of
+    their preset on the same kind of device, so a table can be filled over several sessions
+    or machines; every row keeps its own command, device, date and commit."""
     out_md = Path(out_md)
     found = [r for r in read_runs(runs_dir) if r["preset"] in PRESETS and r["preset"] != "glue"]
-    rows = {r["preset"]: table_row(r) for r in found}
+    rows = [table_row(r) for r in found]
+    ran = {(r["preset"], device_kind(r)) for r in rows}
     kept, replaced = [], []
     for row in earlier_rows(out_md.with_suffix(".json")) if keep else []:
-        if row["preset"] in rows:
+        if (row["preset"], device_kind(row)) in ran:
             replaced.append(row["preset"])
         else:
-            rows[row["preset"]] = {"epochs": planned_epochs(row["command"]), **row}
+            rows.append({"epochs": planned_epochs(row["command"]), **row})
             kept.append(row["preset"])
+    notes = []
+    if kept:
+        notes.append(f"**Kept from this table's earlier version** (no run of them in {runs_dir}): {', '.join(kept)}.")
+    if replaced:
+        notes.append(f"**Replaced by the runs in {runs_dir}:** {', '.join(replaced)}.")
+    render_table(rows, out_md, notes)
+    curves = [table_run(r["dir"]) for r in found if (Path(r["dir"]) / "log.jsonl").exists()]
+    if any("eval_overall" in e for c in curves for e in c["history"]):
+        plot_table(curves, out_md.with_suffix(".png"))  # the overall dev score against epoch, every preset
+
+
+def merge_rows(new_rows: list[dict], out_md, source: str) -> list[str]:
+    """Add rows (a GPU day's table, gpu_day.py) to the table at out_md, keeping every earlier row
+    but one of the same preset, device and day (the same rows merged again); returns the presets added."""
+    out_md = Path(out_md)
+    day = lambda r: (r["preset"], device_kind(r), r["date"][:10])  # noqa: E731
+    new_rows = [r for r in new_rows if r.get("ours")]
+    fresh = {day(r) for r in new_rows}
+    earlier = [{"epochs": planned_epochs(r["command"]), **r} for r in earlier_rows(out_md.with_suffix(".json"))]
+    render_table([r for r in earlier if day(r) not in fresh] + new_rows, out_md,
+                 [f"**Added from {source}:** {', '.join(r['preset'] for r in new_rows)}."] if new_rows else [])
+    return [r["preset"] for r in new_rows]
+
+
+def render_table(rows: list[dict], out_md: Path, notes: list[str]):
+    """The table's .md and .json from its rows (table_row's form): presets in PRESETS order,
+    a preset's rows by date; presets with none say "not run"."""
     lines = ["| preset | SST | QQP | STS | overall | paper SST / QQP / STS / overall | model | epochs | "
              "wall time | device | peak memory | date | commit |", "|" + "---|" * 13]
     table = []
@@ -87,20 +121,22 @@ def write_table(runs_dir, out_md, keep: bool = True):
         if name == "glue":
             continue
         paper_txt = "N/A (out of memory)" if paper is None else " / ".join(f"{p:.3f}" for p in paper)
-        r = rows.get(name)
-        if r is None:
+        mine = sorted((r for r in rows if r["preset"] == name), key=lambda r: r["date"])
+        if not mine:
             lines.append(f"| {name} | not run | | | | {paper_txt} | | | | | | | |")
             table.append({"preset": name, "paper": paper, "ours": None})
-            continue
-        lines.append(
-            f"| {name} | " + " | ".join(_fmt(r["ours"][m]) for m in TABLE_METRICS) + f" | {paper_txt} | "
-            f"{Path(r['model']).name} | {r['epochs_done']:.2f} of {r['epochs']:g} | {r['train_runtime'] / 60:.1f} min | "
-            f"{r['device']} | {r['peak_memory_mb'] / 1024:.2f} GiB | {r['date']} | {r.get('commit') or '?'} |")
-        table.append({**r, "paper": paper})
+        for r in mine:
+            stop = " (deadline)" if r.get("stopped_at_deadline") else ""
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(r["ours"][m]) for m in TABLE_METRICS) + f" | {paper_txt} | "
+                f"{Path(r['model']).name} | {r['epochs_done']:.2f} of {r['epochs']:g}{stop} | "
+                f"{r['train_runtime'] / 60:.1f} min | {r['device']} | {r['peak_memory_mb'] / 1024:.2f} GiB | "
+                f"{r['date']} | {r.get('commit') or '?'} |")
+            table.append({**r, "paper": paper})
     ran = [r for r in table if r["ours"]]
     commands = [f"- {r['preset']}: `{r['command']}`" for r in ran]
-    short = [f"{r['preset']} ({r['epochs_done']:.2f} epochs on {r['device'].split(' (')[0]})"
-             for r in ran if r["epochs_done"] < 10]
+    short = [f"{r['preset']} ({r['epochs_done']:.2f} epochs on {device_kind(r)})" for r in ran if r["epochs_done"] < 10]
+    deadline = [f"{r['preset']} on {device_kind(r)}" for r in ran if r.get("stopped_at_deadline")]
     missing = [r["preset"] for r in table if not r["ours"]]
     subsets = [f"{r['preset']} ({', '.join(f'{t} {n}' for t, n in r['dev_subset'].items())} examples)"
                for r in ran if r.get("dev_subset")]
@@ -109,13 +145,17 @@ def write_table(runs_dir, out_md, keep: bool = True):
         caveats += f"\n**Scored on part of the dev sets only:** {', '.join(subsets)}.\n"
     if short:
         caveats += f"\n**Shorter than the paper's 10 epochs:** {', '.join(short)}; not comparable to its numbers.\n"
-    if kept:
-        caveats += f"\n**Kept from this table's earlier version** (no run of them in {runs_dir}): {', '.join(kept)}.\n"
-    if replaced:
-        caveats += f"\n**Replaced by the runs in {runs_dir}:** {', '.join(replaced)}.\n"
+    if deadline:
+        caveats += (f"\n**Stopped at a deadline** (the epochs column says how far they got): "
+                    f"{', '.join(deadline)}.\n")
+    caveats += "".join(f"\n{n}\n" for n in notes)
     if missing:
         caveats += f"\n**Not run yet:** {', '.join(missing)}.\n"
-    text = ("# CS224N multitask table: our runs beside the paper's\n\n"
+    title = "# CS224N multitask table: our runs beside the paper's\n\n"
+    earlier = out_md.read_text() if out_md.exists() else ""
+    kept_note = earlier[len(title):earlier.find("Dev set scores")] \
+        if earlier.startswith(title) and "Dev set scores" in earlier else ""
+    text = (title + kept_note +  # a note written by hand above the generated text stays
             "Dev set scores of the best checkpoint (by overall score). overall = (SST + QQP + (STS + 1) / 2) / 3.\n"
             "Paper: Cortes, Hsieh & Fu, CS224N, bert-base-uncased, 10 epochs. Ours: the model and epochs in the row.\n"
             "Peak memory is GPU memory allocated on CUDA, the process's peak RSS on CPU.\n" + caveats + "\n"
@@ -123,9 +163,6 @@ def write_table(runs_dir, out_md, keep: bool = True):
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
     out_md.with_suffix(".json").write_text(json.dumps(table, indent=2) + "\n")
-    curves = [table_run(r["dir"]) for r in found if (Path(r["dir"]) / "log.jsonl").exists()]
-    if any("eval_overall" in e for c in curves for e in c["history"]):
-        plot_table(curves, out_md.with_suffix(".png"))  # the overall dev score against epoch, every preset
     print(text)
 
 

@@ -100,12 +100,13 @@ def plan_seeds(exp: Experiment, seeds: list[int], out: str | None) -> Sweep:
     runs = [PlannedRun(f"seed-{s}", dataclasses.replace(exp, seed=s, output_dir=str(out_dir / f"seed-{s}")))
             for s in seeds]
     return Sweep(exp, out_dir, {"kind": "seeds", "runs": [r.name for r in runs]}, runs,
-                 lambda: seeds_report(exp, seeds, out_dir, runs))
+                 lambda: write_seeds(exp, [{"seed": s, **results_of(run)} for s, run in zip(seeds, runs)], out_dir))
 
 
-def seeds_report(exp: Experiment, seeds: list[int], out_dir: Path, runs: list[PlannedRun]):
-    """<out>/seeds.json and seeds.md: mean ± std of every metric over the seeds."""
-    results = [{"seed": s, **results_of(run)} for s, run in zip(seeds, runs)]
+def write_seeds(exp: Experiment, results: list[dict], out_dir: Path):
+    """<out_dir>/seeds.json and seeds.md from the records of one run per seed ({"seed": s, **all_results}):
+    mean ± std of every metric over the seeds."""
+    seeds = [r["seed"] for r in results]
     summary = summarize(results)
     timing = {k: statistics.mean(r[k] for r in results) for k in ("train_runtime", "peak_memory_mb")}
     # Time of one update without evaluation (older runs lack update_ms: then wall time per step).

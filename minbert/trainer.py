@@ -142,6 +142,7 @@ class Trainer:
         self.teacher = MomentumTeacher(self.model) if exp.bregman_weight > 0 else None
 
         self.step, self.best, self.history, self.nonfinite_skipped = 0, {"overall": -math.inf}, [], 0
+        self.stopped_at_deadline = False
         # The cost of the work kept over resumed sessions (a checkpoint carries it on): wall time and
         # peak memory of earlier sessions, time in update() alone, and the commits of the code that ran.
         self.cost = {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": [checkpoint.git_commit()]}
@@ -261,8 +262,12 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start_step, self.session_start = self.step, time.time()
+        deadline = exp.deadline_seconds()
         bar = Progress(stop, self.step, exp.name, quiet=self.quiet)
         while self.step < stop:
+            if deadline is not None and distributed.broadcast(time.time() >= deadline):  # rank 0's clock decides
+                self.stopped_at_deadline = True
+                break
             factor = lr_factor(exp, self.step, self.total_steps)
             for opt in self.optimizers:
                 for g in opt.param_groups:
@@ -276,25 +281,34 @@ class Trainer:
                 self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": sum(losses.values()),
                           **{f"loss_{t}": v for t, v in losses.items()}, "lr": exp.lr * factor})
             if eval_due(self.step, stop, exp.eval_per_epoch, self.steps_per_epoch):
-                if self.is_main:  # the other ranks wait for it in their next collective call
-                    result = self.evaluate()
-                    self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                              **{f"eval_{k}": v for k, v in result.items()}})
-                    self.say(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-                    if result["overall"] > self.best["overall"]:
-                        checkpoint.save_best(self.out, self.model)
-                        self.best = {**result, "step": self.step}
-                if exp.save_checkpoints:
-                    self.save()  # on every rank: it gathers their random states
+                self.evaluate_and_save()
         bar.close()
+        if self.stopped_at_deadline:  # where it got to is evaluated and kept; the same command resumes
+            self.say(f"{exp.name}: stopped at the deadline {exp.deadline} at step {self.step} of {self.total_steps} "
+                     f"({self.step / self.steps_per_epoch:.2f} of {exp.epochs:g} epochs)")
+            if distributed.broadcast(not any(e["step"] == self.step and "eval_overall" in e for e in self.history)):
+                self.evaluate_and_save()  # rank 0 alone holds the evaluations: it decides for all
         return self.finish(self.step - start_step)
+
+    def evaluate_and_save(self):
+        """Score the dev sets, keep the best weights, write a checkpoint."""
+        if self.is_main:  # the other ranks wait for it in their next collective call
+            result = self.evaluate()
+            self.log({"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                      **{f"eval_{k}": v for k, v in result.items()}})
+            self.say(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+            if result["overall"] > self.best["overall"]:
+                checkpoint.save_best(self.out, self.model)
+                self.best = {**result, "step": self.step}
+        if self.exp.save_checkpoints:
+            self.save()  # on every rank: it gathers their random states
 
     # ---------------------------------------------------------------- checkpoints and the record
 
     def progress(self) -> dict:
         """What a checkpoint keeps besides weights and optimizers (and the record is made of)."""
         progress = {"step": self.step, "best": self.best, "history": self.history,
-                    "nonfinite_skipped": self.nonfinite_skipped,
+                    "nonfinite_skipped": self.nonfinite_skipped, "stopped_at_deadline": self.stopped_at_deadline,
                     "cost": {**self.cost, "seconds": self.cost["seconds"] + time.time() - self.session_start,
                              "peak_memory_mb": max(self.cost["peak_memory_mb"], checkpoint.peak_memory_mb(self.device))}}
         if self.teacher is not None:

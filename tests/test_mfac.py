@@ -367,7 +367,8 @@ def test_decreases_loss_on_regression():
     assert full_loss() < 0.2 * start
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_matches_cpu(dtype):
     grads = gradient_stream(12)

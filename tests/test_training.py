@@ -115,8 +115,14 @@ RESUME_CASES = {
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path):
+    check_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path, "cpu")
+
+
+def check_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path, device):
+    """Run A: 6 steps. Run B: cut off after 4, then C resumes it to 6. A and C must agree bit for bit."""
     name, kw = RESUME_CASES[case]
-    common = dict(steps_per_epoch=2, eval_per_epoch=1, epochs=3, max_eval_examples=8, save_checkpoints=True, **kw)
+    common = dict(steps_per_epoch=2, eval_per_epoch=1, epochs=3, max_eval_examples=8, save_checkpoints=True,
+                  device=device, **kw)
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
 
     a = Trainer(tiny_experiment(name, tiny_model, tiny_data, a_dir, max_steps=0, **common), quiet=True)
