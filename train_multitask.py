@@ -70,6 +70,8 @@ HELP = {
     "max_steps": "> 0: stop after this many steps (smoke tests); 0: the whole run",
     "max_length": "tokens per segment, longer ones are cut",
     "bucket_window": "> 1: batches of similar lengths, sorted within windows of this many batches",
+    "pad_to_multiple_of": "> 0: pad each batch to a length that is a multiple of this (at most --max_length): "
+                          "a few fixed shapes, so that --compile on CUDA replays CUDA graphs; 0: to the longest",
     "eval_per_epoch": "evaluations per epoch", "eval_batch_size": "examples per evaluation batch",
     "max_eval_examples": "> 0: score only the first N examples of each dev set (results say so)",
     "results_from": "which evaluation the eval_* keys of all_results.json hold",

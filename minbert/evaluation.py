@@ -29,15 +29,16 @@ def autocast(device: torch.device, bf16: str):
 
 @torch.no_grad()
 def predict(model: MultitaskBert, data: dict[str, Encoded], batch_size: int, pad_id: int,
-            device: torch.device, bf16: str = "off") -> dict[str, list]:
-    """{task: Encoded} -> {task: predictions in data order} (class ids, or scores)."""
+            device: torch.device, bf16: str = "off", padding: tuple[int, int] = (0, 0)) -> dict[str, list]:
+    """{task: Encoded} -> {task: predictions in data order} (class ids, or scores). padding:
+    (multiple_of, max_length) of batches.collate; (0, 0) pads to each batch's longest."""
     was_training = model.training
     model.eval()
     out = {}
     for t, d in data.items():
         preds = [None] * len(d)
         for index in eval_batches(d, batch_size):
-            batch = to_device(collate(d, index, pad_id), device)
+            batch = to_device(collate(d, index, pad_id, *padding), device)
             with autocast(device, bf16):
                 y = model(t, batch)
             for i, v in zip(index, model.heads[t].predict(y.float()).tolist()):
@@ -64,5 +65,5 @@ def score(preds: dict[str, list], data: dict[str, Encoded]) -> dict[str, float]:
 
 
 def evaluate(model: MultitaskBert, data: dict[str, Encoded], batch_size: int, pad_id: int,
-             device: torch.device, bf16: str = "off") -> dict[str, float]:
-    return score(predict(model, data, batch_size, pad_id, device, bf16), data)
+             device: torch.device, bf16: str = "off", padding: tuple[int, int] = (0, 0)) -> dict[str, float]:
+    return score(predict(model, data, batch_size, pad_id, device, bf16, padding), data)

@@ -45,12 +45,12 @@ CHOICES = {
              "on": "bf16 autocast on every device, the CPU too (CUDA's arithmetic, emulated)",
              "off": "float32 everywhere"},
 }
-ADAMW_ARGS = {"betas", "eps", "foreach", "compile"}
+ADAMW_ARGS = {"betas", "eps", "foreach", "compile", "fused"}
 MFAC_ARGS = set(inspect.signature(MFAC).parameters) - {"params"} | {"only"}
 # Fields that say where and how fast a run goes, not what it computes: they may change when
 # a run is resumed (a longer --max_steps continues it). Every other field must match the
 # config.json of the run in the output folder (checkpoint.check_run_folder).
-RESUMABLE = ("max_steps", "output_dir", "overwrite_output_dir", "device", "fast", "compile",
+RESUMABLE = ("max_steps", "output_dir", "overwrite_output_dir", "device", "fast", "compile", "pad_to_multiple_of",
              "eval_batch_size", "logging_steps", "save_checkpoints", "nonfinite", "bad_rows")
 
 
@@ -95,6 +95,7 @@ class Experiment:
     max_steps: int = 0  # > 0 caps the run (smoke tests)
     max_length: int = 128
     bucket_window: int = 0  # > 1: batches of similar length, sorted within windows of this many (batches.py)
+    pad_to_multiple_of: int = 0  # > 0: pad each batch's length up to a multiple of this (fixed shapes for CUDA graphs)
     # evaluation and output
     eval_per_epoch: int = 1
     eval_batch_size: int = 64
@@ -150,7 +151,7 @@ class Experiment:
             if getattr(self, name) <= 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "max_grad_norm", "warmup_ratio", "max_steps", "max_eval_examples",
-                     "bucket_window", "smart_weight", "bregman_weight"):
+                     "bucket_window", "pad_to_multiple_of", "smart_weight", "bregman_weight"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.steps_per_epoch < -1 or self.smart_steps < 1 or self.init_seed < -1 or self.data_seed < -1:

@@ -5,9 +5,10 @@
 
 Why processes side by side: a MiniLM update of batch 8 is a few hundred small kernels,
 so one process leaves a big GPU idle while Python launches them; several processes keep
-it fed. (Under NVIDIA's MPS the kernels of different processes can also overlap; without
-it the GPU switches between them.) On a CPU the processes share the cores: each gets
-cores / jobs threads.
+it fed. Under NVIDIA's MPS (Multi-Process Service) the kernels of different processes also
+run at the same time; without it the GPU switches between them. So on CUDA the daemon is
+started here when its control binary is on the PATH (and stopped at the end), and one line
+says when it is absent. On a CPU the processes share the cores: each gets cores / jobs threads.
 
 Each preset runs the ordinary single-run command (`train_multitask.py --preset NAME` with
 the other flags as given) in <runs>/<NAME>, its output in <runs>/<NAME>/train.log, and
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from minbert.report import write_table
@@ -57,11 +60,38 @@ def last_step(run_dir: Path) -> int:
         return 0
 
 
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+def start_mps(device: str) -> tuple[bool, str]:
+    """NVIDIA MPS for runs on CUDA: (started here, a line saying what was done). Nothing on a
+    CPU; a daemon that already runs is used and left running."""
+    if not (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())):
+        return False, ""
+    binary = shutil.which(MPS_CONTROL)
+    if binary is None:
+        return False, f"MPS: {MPS_CONTROL} is absent (not on the PATH); the presets take turns on the GPU"
+    if (Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")) / "control").exists():
+        return False, "MPS: a daemon already runs; the presets share the GPU through it"
+    out = subprocess.run([binary, "-d"], capture_output=True, text=True)
+    if out.returncode != 0:
+        why = " ".join((out.stderr or out.stdout).split()) or f"exit status {out.returncode}"
+        return False, f"MPS: {MPS_CONTROL} -d failed ({why}); the presets take turns on the GPU"
+    return True, f"MPS: started ({MPS_CONTROL} -d); the presets' kernels share the GPU; stopped when they are done"
+
+
+def stop_mps():
+    subprocess.run([shutil.which(MPS_CONTROL) or MPS_CONTROL], input="quit\n", capture_output=True, text=True)
+
+
 def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Path, table: Path) -> int:
     """Train `names` in at most `jobs` processes at a time; returns 0 if every run finished."""
     flags = as_flags(overrides)
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(names)))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_MININTERVAL": "30"}  # the log gets a line per 30 s
+    mps, line = start_mps(str(overrides.get("device", "auto")))
+    if line:
+        print(line, flush=True)
     waiting, running, failed, t0 = list(names), {}, [], time.time()
     shown = t0
     tty = sys.stderr.isatty()  # in a log file: a plain line every 30 s instead of a redrawn bar
@@ -99,6 +129,8 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
             proc.wait()
             log.close()
         bar.close()
+        if mps:
+            stop_mps()
     runs_dir.mkdir(parents=True, exist_ok=True)
     with open(runs_dir / "side_by_side.jsonl", "a") as f:  # the table's wall time; a resumed table adds a line
         f.write(json.dumps({"presets": names, "jobs": jobs, "threads_per_process": threads, "failed": failed,

@@ -16,6 +16,12 @@ def need(path: Path, what: str):
     return path
 
 
+# Tests that run on the CPU and again on CUDA where there is one (`pytest -m cuda` runs the latter).
+CPU_AND_CUDA = [pytest.param("cpu", id="cpu"),
+                pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+                    "not __import__('torch').cuda.is_available()", reason="needs a CUDA device")])]
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from threads, and lose a lot when the cores are busy."""
