@@ -101,7 +101,6 @@ class AdamW(torch.optim.Optimizer):
                    [self.state[p]["exp_avg_sq"] for p in ps], lr=lr, bc1=bc1, bc2=bc2,
                    beta1=beta1, beta2=beta2, eps=group["eps"], wd=group["weight_decay"])
 
-
     def _update_fused(self, group, params):
         """Steps 1-5 above in torch's fused kernel (torch.optim.AdamW(fused=True)); it reads the
         step count t from a tensor and computes the bias corrections itself."""
