@@ -37,6 +37,7 @@ from conftest import CPU_AND_CUDA, tiny_experiment
 from minbert.checkpoint import config_differences
 from minbert.evaluation import autocast, uses_bf16
 from minbert.experiments import Experiment
+from minbert.heads import make_head
 from minbert.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives beside minbert/
@@ -114,3 +115,13 @@ def test_cpu_run_trains_and_evaluates_under_bf16(tiny_model, tiny_data, tmp_path
     result = Trainer(exp, quiet=True).train()
     assert result["global_step"] == 2 and 0 <= result["eval_overall"] <= 1, \
         f"a bf16 run on the CPU should train 2 steps and score its dev sets; got {result}"
+
+
+def test_cos_d_projects_in_float32():
+    """CosD.forward keeps W u + b in float32 under bf16 autocast: 20 * cos(u', v') amplifies its rounding."""
+    head = make_head("cos-d", "sts", 8)
+    seen = []
+    head.proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with autocast(torch.device("cpu"), "on"):
+        head([torch.randn(2, 8), torch.randn(2, 8)])
+    assert seen == [torch.float32, torch.float32], f"CosD.proj ran in {seen} under autocast, not float32"
