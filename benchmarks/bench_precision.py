@@ -8,8 +8,8 @@ the same weights and batches, compared. Precision, not speed: nothing here is ti
 Modes: "bf16" is autocast (`--bf16 on`, minbert/evaluation.py); on the CPU it runs the
 arithmetic of a CUDA bf16 run (bf16 matmul inputs, float32 accumulation). "tf32" rounds the
 inputs of every float32 matmul, forward, backward and the optimizer's, to TF32's 10-bit
-mantissa (`tf32_matmuls`), as CUDA does with `torch.backends.cuda.matmul.allow_tf32`; on
-CUDA it switches that on instead. Dropout is off in both runs so that only the arithmetic
+mantissa, 11 significant bits (`tf32_matmuls`), as CUDA does with
+`torch.backends.cuda.matmul.allow_tf32`; on CUDA it switches that on instead. Dropout is off in both runs so that only the arithmetic
 differs. Per preset: the task losses' largest relative difference, and the update
 Delta = theta_after - theta_before as ||Delta_mode - Delta_fp32|| / ||Delta_fp32|| and the
 cosine of the two. The first AdamW step is lr * g / (|g| + eps), about lr * sign(g), so the

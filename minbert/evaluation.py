@@ -19,8 +19,8 @@ def uses_bf16(device: torch.device, bf16: str) -> bool:
 
 def autocast(device: torch.device, bf16: str):
     """bf16 autocast where uses_bf16 says so, float32 elsewhere. Under autocast the weights stay
-    float32; matmuls (Linear, attention's products) take bf16 inputs (8-bit mantissa: each
-    rounding is off by up to 2^-9 relative) and accumulate in float32; softmax, LayerNorm and
+    float32; matmuls (Linear, attention's products) take bf16 inputs (8 significant bits: each
+    rounding is off by up to 2^-8 = 0.4% relative) and accumulate in float32; softmax, LayerNorm and
     the losses run in float32. On the CPU this is the arithmetic of a CUDA bf16 run, emulated."""
     if uses_bf16(device, bf16):
         return torch.autocast(device.type, dtype=torch.bfloat16)
