@@ -77,6 +77,8 @@ HELP = {
                 "evaluate, checkpoint and write the results with the step reached; the same command resumes",
     "max_length": "tokens per segment, longer ones are cut",
     "bucket_window": "> 1: batches of similar lengths, sorted within windows of this many batches",
+    "pad_to_multiple_of": "> 0: pad each batch to a length that is a multiple of this (at most --max_length): "
+                          "a few fixed shapes, so that --compile on CUDA replays CUDA graphs; 0: to the longest",
     "eval_per_epoch": "evaluations per epoch", "eval_batch_size": "examples per evaluation batch",
     "max_eval_examples": "> 0: score only the first N examples of each dev set (results say so)",
     "results_from": "which evaluation the eval_* keys of all_results.json hold",
@@ -89,7 +91,7 @@ HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "fast": "fused SDPA attention and multi-tensor AdamW instead of the readable code, each checked against "
             "it at start-up (minbert/fastpaths.py)",
-    "bf16": "bf16 autocast on CUDA (CPU runs stay float32)",
+    "bf16": "bf16 autocast (minbert/evaluation.py, autocast); README 'Precision on CUDA' says which presets use it",
     "compile": "torch.compile each encoder layer and AdamW's update",
     "bad_rows": "malformed data rows", "nonfinite": "a NaN or inf loss or gradient",
     "seed": "the seed of everything not set apart", "init_seed": "the new heads' initial weights; -1: --seed",
@@ -178,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
         kind, help = hints[f.name], field_help(f)
         if kind is bool:
             fields.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif f.name == "bf16":  # --bf16 alone is "on", --no-bf16 "off", as when the field was a switch
+            fields.add_argument(*names, dest=f.name, nargs="?", const="on", default=None, choices=list(CHOICES["bf16"]),
+                                help=help + "; --bf16 alone: on")
+            fields.add_argument("--no-bf16", dest=f.name, action="store_const", const="off", help="--bf16 off")
         elif f.name == "tasks":
             fields.add_argument(*names, dest=f.name, type=lambda s: tuple(s.split(",")), default=None, help=help)
         elif f.name in ("heads", "optim_args"):

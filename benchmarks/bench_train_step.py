@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds minbert/ and benchmarks/
 from benchmarks.common import SHARED, add_common_args, clock, environment, interleave, report, setup  # noqa: E402
+from minbert.evaluation import uses_bf16  # noqa: E402
 from minbert.experiments import PRESETS, preset  # noqa: E402
 from minbert.optim import MFAC  # noqa: E402
 from minbert.optim.mfac import available_memory  # noqa: E402
@@ -116,7 +117,7 @@ def main():
                      output_dir=str(Path(tmp.name) / name))
         trainer = Trainer(exp, quiet=True)  # the data is tokenized once; optimizers are swapped below
         examples = exp.batch_size * len(exp.tasks)
-        mode = ("bf16 autocast" if exp.bf16 and device.type == "cuda" else "fp32") + (", --fast" if exp.fast else "")
+        mode = ("bf16 autocast" if uses_bf16(device, exp.bf16) else "fp32") + (", --fast" if exp.fast else "")
 
         adamw = trainer.optimizers
         pairs = []

@@ -41,12 +41,18 @@ def encode(tokenizer, examples: list[Example], siamese: bool, max_length: int) -
     return Encoded([e.id for e in examples], segs, [e.label for e in examples])
 
 
-def collate(data: Encoded, index: list[int], pad_id: int = 0) -> dict:
-    """Pads each segment to its longest member in the batch."""
+def collate(data: Encoded, index: list[int], pad_id: int = 0, multiple_of: int = 0, max_length: int = 0) -> dict:
+    """Pads each segment to its longest member in the batch; with multiple_of > 0, further, up
+    to a multiple of it (at most max_length, when given): a few fixed lengths instead of one per
+    longest member, which compiled code with static shapes (CUDA graphs) needs. Padding is
+    masked, so it changes no output beyond float rounding."""
     segments = []
     for k in range(len(data.segments[index[0]])):
         seqs = [data.segments[i][k] for i in index]
         T = max(len(ids) for ids, _ in seqs)
+        if multiple_of > 0:  # up to the next multiple, never past max_length (when given)
+            up = -(-T // multiple_of) * multiple_of
+            T = max(T, min(up, max_length)) if max_length else up
         input_ids = torch.full((len(index), T), pad_id, dtype=torch.long)
         token_type_ids = torch.zeros((len(index), T), dtype=torch.long)
         attention_mask = torch.zeros((len(index), T), dtype=torch.long)

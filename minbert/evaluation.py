@@ -12,24 +12,33 @@ from minbert.data import TASKS
 from minbert.heads import MultitaskBert
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked; float32 everywhere else."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def uses_bf16(device: torch.device, bf16: str) -> bool:
+    """The Experiment's bf16 field on this device: "auto" is bf16 on CUDA only, "on" everywhere."""
+    return bf16 == "on" or (bf16 == "auto" and device.type == "cuda")
+
+
+def autocast(device: torch.device, bf16: str):
+    """bf16 autocast where uses_bf16 says so, float32 elsewhere. Under autocast the weights stay
+    float32; matmuls (Linear, attention's products) take bf16 inputs (8 significant bits: each
+    rounding is off by up to 2^-8 = 0.4% relative) and accumulate in float32; softmax, LayerNorm and
+    the losses run in float32. On the CPU this is the arithmetic of a CUDA bf16 run, emulated."""
+    if uses_bf16(device, bf16):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
 def predict(model: MultitaskBert, data: dict[str, Encoded], batch_size: int, pad_id: int,
-            device: torch.device, bf16: bool = False) -> dict[str, list]:
-    """{task: Encoded} -> {task: predictions in data order} (class ids, or scores)."""
+            device: torch.device, bf16: str = "off", padding: tuple[int, int] = (0, 0)) -> dict[str, list]:
+    """{task: Encoded} -> {task: predictions in data order} (class ids, or scores). padding:
+    (multiple_of, max_length) of batches.collate; (0, 0) pads to each batch's longest."""
     was_training = model.training
     model.eval()
     out = {}
     for t, d in data.items():
         preds = [None] * len(d)
         for index in eval_batches(d, batch_size):
-            batch = to_device(collate(d, index, pad_id), device)
+            batch = to_device(collate(d, index, pad_id, *padding), device)
             with autocast(device, bf16):
                 y = model(t, batch)
             for i, v in zip(index, model.heads[t].predict(y.float()).tolist()):
@@ -56,5 +65,5 @@ def score(preds: dict[str, list], data: dict[str, Encoded]) -> dict[str, float]:
 
 
 def evaluate(model: MultitaskBert, data: dict[str, Encoded], batch_size: int, pad_id: int,
-             device: torch.device, bf16: bool = False) -> dict[str, float]:
-    return score(predict(model, data, batch_size, pad_id, device, bf16), data)
+             device: torch.device, bf16: str = "off", padding: tuple[int, int] = (0, 0)) -> dict[str, float]:
+    return score(predict(model, data, batch_size, pad_id, device, bf16, padding), data)

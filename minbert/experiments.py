@@ -45,13 +45,17 @@ CHOICES = {
     "bad_rows": {"skip": "counted and named in a warning", "raise": "stop at the first"},
     "nonfinite": {"stop": "stop the run", "skip": "skip the step, counted"},
     "smart_reading": SMART_READINGS,
+    "bf16": {"auto": "bf16 autocast on CUDA, float32 on the CPU",
+             "on": "bf16 autocast on every device, the CPU too (CUDA's arithmetic, emulated)",
+             "off": "float32 everywhere"},
 }
-ADAMW_ARGS = {"betas", "eps", "foreach", "compile"}
+ADAMW_ARGS = {"betas", "eps", "foreach", "compile", "fused"}
 MFAC_ARGS = set(inspect.signature(MFAC).parameters) - {"params"} | {"only"}
 # Fields that say where and how fast a run goes, not what it computes: they may change when
 # a run is resumed (a longer --max_steps continues it). Every other field must match the
 # config.json of the run in the output folder (checkpoint.check_run_folder).
 RESUMABLE = ("max_steps", "deadline", "output_dir", "overwrite_output_dir", "device", "fast", "compile",
+             "pad_to_multiple_of",
              "eval_batch_size", "logging_steps", "save_checkpoints", "nonfinite", "bad_rows")
 
 
@@ -98,6 +102,7 @@ class Experiment:
     deadline: str = ""  # ISO time (UTC unless it says): stop there, evaluate, checkpoint; "" none
     max_length: int = 128
     bucket_window: int = 0  # > 1: batches of similar length, sorted within windows of this many (batches.py)
+    pad_to_multiple_of: int = 0  # > 0: pad each batch's length up to a multiple of this (fixed shapes for CUDA graphs)
     # evaluation and output
     eval_per_epoch: int = 1
     eval_batch_size: int = 64
@@ -112,7 +117,7 @@ class Experiment:
     data_dir: str = "data"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fast: bool = False  # SDPA attention and multi-tensor AdamW instead of the readable code (fastpaths.py)
-    bf16: bool = True  # bf16 autocast on CUDA; CPU runs stay in float32
+    bf16: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU | on: everywhere | off (evaluation.autocast)
     compile: bool = False  # torch.compile each encoder layer and AdamW's update (compiling takes a minute)
     bad_rows: str = "skip"  # what to do with malformed data rows: skip (counted, logged) | raise
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop | skip (the step, counted)
@@ -129,6 +134,8 @@ class Experiment:
         def bad(msg):
             raise ValueError(f"experiment {self.name!r}: {msg}")
         self.optim = str(self.optim).lower()  # --optim MFAC, as the M-FAC model cards write it
+        if isinstance(self.bf16, bool):  # from Python: bf16=True asks for it on every device, False for none
+            self.bf16 = "on" if self.bf16 else "off"
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 bad(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
@@ -151,7 +158,7 @@ class Experiment:
             if getattr(self, name) <= 0:
                 bad(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "max_grad_norm", "warmup_ratio", "max_steps", "max_eval_examples",
-                     "bucket_window", "smart_weight", "bregman_weight"):
+                     "bucket_window", "pad_to_multiple_of", "smart_weight", "bregman_weight"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.steps_per_epoch < -1 or self.smart_steps < 1 or self.init_seed < -1 or self.data_seed < -1:
@@ -186,9 +193,18 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Experiment":
+        """A config.json's fields, this version's or an older run's, -> the Experiment."""
         d = dict(d)
         if "attn_implementation" in d:  # config.json of runs made before --fast existed
             d.setdefault("fast", d.pop("attn_implementation") == "sdpa")
+        if isinstance(d.get("bf16"), bool):  # runs made before bf16 took auto | on | off: true meant on CUDA only
+            d["bf16"] = "auto" if d["bf16"] else "off"
+        return cls.from_fields(d)
+
+    @classmethod
+    def from_fields(cls, d: dict) -> "Experiment":
+        """The fields given (Python values: bf16=True means on every device), defaults for the
+        rest; an unknown field is an error."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -246,4 +262,4 @@ def preset(name: str, /, **overrides) -> Experiment:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     fields = {"name": name, **PRESETS[name][0]}
     heads = {**fields.pop("heads", {}), **(overrides.pop("heads", None) or {})}
-    return Experiment.from_dict({**fields, **overrides, "heads": heads})
+    return Experiment.from_fields({**fields, **overrides, "heads": heads})

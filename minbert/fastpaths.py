@@ -6,7 +6,8 @@ attention's math in `BertSelfAttention.forward` (minbert/model.py) and AdamW's s
 computes.
 
 `--fast` swaps in their faster twins: torch's fused `scaled_dot_product_attention` and the
-multi-tensor `adamw_foreach` (`--compile` also runs adamw_foreach, compiled). Before such a
+multi-tensor `adamw_foreach` (`--compile` also runs adamw_foreach, compiled; `--optim_args
+'{"fused": true}'` runs torch's fused AdamW kernel). Before such a
 run trains, `check_fast_paths` runs each fast path beside the readable one it replaces on
 tiny inputs (well under a second) and stops the run if they disagree, with a message that
 names both functions and the flag that trains with the readable one. So a student's edit
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from minbert.model import BertSelfAttention, check_sdpa_matches_math
-from minbert.optim.adamw import AdamW, check_foreach_matches_loop
+from minbert.optim.adamw import AdamW, check_foreach_matches_loop, check_fused_matches_loop
 
 
 class FastPathMismatch(RuntimeError):
@@ -32,6 +33,8 @@ def check_fast_paths(model: torch.nn.Module, optimizers: list) -> None:
         checks.append(check_sdpa_matches_math)
     if any(isinstance(o, AdamW) and (o.foreach or o.compile) for o in optimizers):
         checks.append(check_foreach_matches_loop)
+    if any(isinstance(o, AdamW) and o.fused for o in optimizers):
+        checks.append(check_fused_matches_loop)
     for check in checks:
         try:
             check()

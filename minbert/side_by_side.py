@@ -7,9 +7,10 @@ and a sweep's shards side by side (--seeds/--sweep/--grid with --jobs K).
 
 Why processes side by side: a MiniLM update of batch 8 is a few hundred small kernels,
 so one process leaves a big GPU idle while Python launches them; several processes keep
-it fed. (Under NVIDIA's MPS the kernels of different processes can also overlap; without
-it the GPU switches between them.) On a CPU the processes share the cores: each gets
-cores / jobs threads.
+it fed. Under NVIDIA's MPS (Multi-Process Service) the kernels of different processes also
+run at the same time; without it the GPU switches between them. So on CUDA the daemon is
+started here when its control binary is on the PATH (and stopped at the end), and one line
+says when it is absent. On a CPU the processes share the cores: each gets cores / jobs threads.
 
 Each preset runs the ordinary single-run command (`train_multitask.py --preset NAME` with
 the other flags as given) in <runs>/<NAME>, its output in <runs>/<NAME>/train.log, and
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from typing import Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from minbert.report import write_table
@@ -60,6 +63,30 @@ def last_step(run_dir: Path) -> int:
         return json.loads(lines[-1])["step"] if lines else 0
     except (OSError, ValueError, KeyError):
         return 0
+
+
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+def start_mps(device: str) -> tuple[bool, str]:
+    """NVIDIA MPS for runs on CUDA: (started here, a line saying what was done). Nothing on a
+    CPU; a daemon that already runs is used and left running."""
+    if not (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())):
+        return False, ""
+    binary = shutil.which(MPS_CONTROL)
+    if binary is None:
+        return False, f"MPS: {MPS_CONTROL} is absent (not on the PATH); the presets take turns on the GPU"
+    if (Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")) / "control").exists():
+        return False, "MPS: a daemon already runs; the presets share the GPU through it"
+    out = subprocess.run([binary, "-d"], capture_output=True, text=True)
+    if out.returncode != 0:
+        why = " ".join((out.stderr or out.stdout).split()) or f"exit status {out.returncode}"
+        return False, f"MPS: {MPS_CONTROL} -d failed ({why}); the presets take turns on the GPU"
+    return True, f"MPS: started ({MPS_CONTROL} -d); the presets' kernels share the GPU; stopped when they are done"
+
+
+def stop_mps():
+    subprocess.run([shutil.which(MPS_CONTROL) or MPS_CONTROL], input="quit\n", capture_output=True, text=True)
 
 
 def run_processes(commands: dict[str, list[str]], logs: dict[str, Path], jobs: int, unit: str,
@@ -112,9 +139,16 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
     flags, t0 = as_flags(overrides), time.time()
     commands = {name: [sys.executable, str(SCRIPT), "--preset", name, *flags, "--output_dir", str(runs_dir / name)]
                 for name in names}
-    failed, threads = run_processes(commands, {n: runs_dir / n / "train.log" for n in names}, jobs, "preset",
-                                    lambda running: "at step: " + ", ".join(f"{n} {last_step(runs_dir / n)}"
-                                                                            for n in running))
+    mps, line = start_mps(str(overrides.get("device", "auto")))
+    if line:
+        print(line, flush=True)
+    try:
+        failed, threads = run_processes(commands, {n: runs_dir / n / "train.log" for n in names}, jobs, "preset",
+                                        lambda running: "at step: " + ", ".join(f"{n} {last_step(runs_dir / n)}"
+                                                                                for n in running))
+    finally:
+        if mps:
+            stop_mps()
     runs_dir.mkdir(parents=True, exist_ok=True)
     with open(runs_dir / "side_by_side.jsonl", "a") as f:  # the table's wall time; a resumed table adds a line
         f.write(json.dumps({"presets": names, "jobs": jobs, "threads_per_process": threads, "failed": failed,

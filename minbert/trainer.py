@@ -37,11 +37,13 @@ CheckpointError = checkpoint.CheckpointError  # what a caller catches when a run
 def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.optim.Optimizer]:
     """AdamW on everything, or M-FAC on everything (or on the parameters whose names start
     with optim_args["only"], comma-separated) with AdamW on the rest. AdamW runs its readable
-    loop (`AdamW._update`) unless exp.fast (or optim_args foreach) picks the multi-tensor path."""
+    loop (`AdamW._update`) unless exp.fast (or optim_args foreach) picks the multi-tensor path, or
+    optim_args fused torch's fused kernel."""
     args = dict(exp.optim_args)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    compile = args.pop("compile", exp.compile)
-    foreach = args.pop("foreach", exp.fast)
+    fused = bool(args.get("fused"))  # torch's fused AdamW kernel stands in for ours (foreach, compiled)
+    compile = args.pop("compile", exp.compile and not fused)
+    foreach = args.pop("foreach", exp.fast and not fused)
     if exp.optim == "adamw":
         decay = [p for n, p in named if p.dim() > 1]  # no decay on biases and LayerNorm
         rest = [p for n, p in named if p.dim() <= 1]
@@ -114,10 +116,14 @@ class Trainer:
         self.quiet = quiet or not self.is_main
         checkpoint.check_run_folder(self.out, exp)  # another run's folder: stop before any work
 
+        if self.device.type == "cuda":  # float32 matmuls in full float32, not TF32 (README, "Precision on CUDA")
+            torch.set_float32_matmul_precision("highest")
         self.tokenizer, self.model = build_model(exp, self.device)
         self.model.train()
         if exp.compile:
-            compile_layers(self.model.bert)
+            compile_layers(self.model.bert, fixed_shapes=exp.pad_to_multiple_of > 0)
+        # CUDA graphs (compile_layers' fixed shapes): each update is one iteration of graph replays
+        self.cuda_graphs = exp.compile and exp.pad_to_multiple_of > 0 and self.device.type == "cuda"
         torch.manual_seed(exp.seed + self.rank)  # dropout, SMART noise: each rank its own
 
         self.train_data = read_data(exp, self.tokenizer, "train")
@@ -163,7 +169,8 @@ class Trainer:
     def train_batch(self, task: str, step: int) -> dict:
         data, B = self.train_data[task], self.exp.batch_size
         index = self.streams[task].batch_indices(step)[self.rank * B:(self.rank + 1) * B]  # this rank's slice
-        return to_device(collate(data, index, self.tokenizer.pad_token_id), self.device)
+        return to_device(collate(data, index, self.tokenizer.pad_token_id, self.exp.pad_to_multiple_of,
+                                 self.exp.max_length), self.device)
 
     def task_loss(self, task: str, batch: dict) -> torch.Tensor:
         """The task's loss, plus SMART's smoothness term and the Bregman term when switched on."""
@@ -220,6 +227,8 @@ class Trainer:
     def update(self, step: int) -> dict[str, float]:
         """Where the presets differ (CS224N paper, section 5.3). Returns the task losses."""
         tasks, kind = self.exp.tasks, self.exp.update
+        if self.cuda_graphs:  # the outputs of the last update's graph replays may be overwritten now
+            torch.compiler.cudagraph_mark_step_begin()
         batches = {t: self.train_batch(t, step) for t in tasks}
         if kind == "separate":  # baseline: each task its own update, one after another
             losses = {}
@@ -237,7 +246,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.model, self.dev_data, self.exp.eval_batch_size, self.tokenizer.pad_token_id,
-                        self.device, self.exp.bf16)
+                        self.device, self.exp.bf16, (self.exp.pad_to_multiple_of, self.exp.max_length))
 
     # ---------------------------------------------------------------- the loop
 

@@ -39,6 +39,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(ex)
 
 
+# Tests that run on the CPU and again on CUDA where there is one (`pytest -m cuda` runs the latter).
+CPU_AND_CUDA = [pytest.param("cpu", id="cpu"),
+                pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+                    "not __import__('torch').cuda.is_available()", reason="needs a CUDA device")])]
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from threads, and lose a lot when the cores are busy."""

@@ -338,7 +338,7 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tiny_model, t
 
 def test_as_flags_round_trips_through_the_parser():
     from minbert.side_by_side import as_flags
-    overrides = {"lr": 3e-5, "heads": {"sts": "cos-2d1"}, "tasks": ("sst", "sts"), "smart": True, "bf16": False,
+    overrides = {"lr": 3e-5, "heads": {"sts": "cos-2d1"}, "tasks": ("sst", "sts"), "smart": True, "bf16": "off",
                  "optim_args": {"num_grads": 8, "damp": 1e-6}, "max_steps": 7, "model": "/x/y"}
     args = train_multitask.build_parser().parse_args(as_flags(overrides))
     assert {k: getattr(args, k) for k in overrides} == overrides

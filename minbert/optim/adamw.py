@@ -13,6 +13,10 @@ passes over memory into one kernel, as torch's `fused=True` AdamW does by hand
 (docs/BENCHMARKS.md measures the three). The learning rate and bias corrections then go in
 as 0-d tensors: as Python numbers they would be baked into the compiled code, and every
 step would compile it again.
+
+`fused=True` (`--optim_args '{"fused": true}'`) hands steps 1-5 to torch's own fused kernel,
+`torch._fused_adamw_`, the one `torch.optim.AdamW(fused=True)` runs: one launch per step on a
+GPU. It is checked against `_update` the same way (`check_fused_matches_loop`).
 """
 import math
 
@@ -21,16 +25,19 @@ import torch
 
 class AdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, foreach: bool = False, compile: bool = False):
+                 weight_decay: float = 0.01, foreach: bool = False, compile: bool = False, fused: bool = False):
         if lr < 0.0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         if eps < 0.0 or weight_decay < 0.0:
             raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+        if fused and (foreach or compile):
+            raise ValueError("AdamW: fused is torch's kernel, foreach and compile are ours; choose one")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.foreach = foreach
         self.compile = compile
+        self.fused = fused
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -51,7 +58,10 @@ class AdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)  # m: first moment
                     state["exp_avg_sq"] = torch.zeros_like(p)  # v: second moment
                 state["step"] += 1
-            (self._update_foreach if self.foreach or self.compile else self._update)(group, params)
+            if self.fused:
+                self._update_fused(group, params)
+            else:
+                (self._update_foreach if self.foreach or self.compile else self._update)(group, params)
         return loss
 
     def _update(self, group, params):
@@ -98,6 +108,20 @@ class AdamW(torch.optim.Optimizer):
                    [self.state[p]["exp_avg_sq"] for p in ps], lr=lr, bc1=bc1, bc2=bc2,
                    beta1=beta1, beta2=beta2, eps=group["eps"], wd=group["weight_decay"])
 
+    def _update_fused(self, group, params):
+        """Steps 1-5 above in torch's fused kernel (torch.optim.AdamW(fused=True)); it reads the
+        step count t from a tensor and computes the bias corrections itself."""
+        beta1, beta2 = group["betas"]
+        by_step: dict[int, list] = {}
+        for p in params:
+            by_step.setdefault(self.state[p]["step"], []).append(p)
+        for t, ps in by_step.items():
+            step = torch.tensor(float(t), device=ps[0].device)  # read, not written: one tensor serves all
+            torch._fused_adamw_(ps, [p.grad for p in ps], [self.state[p]["exp_avg"] for p in ps],
+                                [self.state[p]["exp_avg_sq"] for p in ps], [], [step] * len(ps),
+                                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                                eps=group["eps"], amsgrad=False, maximize=False)
+
 
 def adamw_foreach(params, grads, ms, vs, *, lr, bc1, bc2, beta1, beta2, eps, wd):
     """AdamW._update's steps 1-5 over lists of tensors. lr and the bias corrections bc1,
@@ -127,23 +151,44 @@ def _compiled_adamw_foreach():
     return _COMPILED
 
 
+def _draws() -> tuple[list, list]:
+    """The start-up checks' tiny float64 tensors and three steps of gradients, fixed draws."""
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=g, dtype=torch.float64) for s in ((4, 3), (3,))]
+    return start, [[torch.randn(x.shape, generator=g, dtype=torch.float64) for x in start] for _ in range(3)]
+
+
+def _three_steps(**path) -> list[torch.Tensor]:
+    """Three AdamW steps on _draws(), on the path `path` picks (foreach=True, fused=True, or none)."""
+    start, grads = _draws()
+    params = [torch.nn.Parameter(x) for x in start]
+    opt = AdamW(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, **path)
+    for gs in grads:
+        for p, grad in zip(params, gs):
+            p.grad = grad
+        opt.step()
+    return params
+
+
+def check_fused_matches_loop(atol: float = 1e-6):
+    """Three steps of AdamW._update and of torch's fused kernel on tiny tensors, compared; a run
+    with fused=True calls this first (minbert/fastpaths.py), as check_foreach_matches_loop."""
+    diff = max((a - b).abs().max().item() for a, b in zip(_three_steps(), _three_steps(fused=True)))
+    if not diff <= atol:
+        raise RuntimeError(
+            f"AdamW._update (the readable step in minbert/optim/adamw.py) and torch._fused_adamw_ (torch's fused "
+            f"AdamW, which optim_args fused runs instead) differ by {diff:.3g} after 3 steps on tiny tensors, so this "
+            f"run would not train with AdamW._update as it is written. Leave out fused to train with "
+            f"AdamW._update; torch's kernel computes the AdamW of Loshchilov & Hutter, Algorithm 2.")
+
+
 def check_foreach_matches_loop(atol: float = 1e-6):
     """Three steps of AdamW._update and of the multi-tensor path on tiny tensors, compared; the
     latter also as --compile calls it (lr and bias corrections as 0-d tensors), run eagerly.
     A run that takes a fast path calls this first (minbert/fastpaths.py): a difference means
     one of them was edited, and the run would not train with the readable one."""
-    g = torch.Generator().manual_seed(0)
-    start = [torch.randn(s, generator=g, dtype=torch.float64) for s in ((4, 3), (3,))]
-    grads = [[torch.randn(x.shape, generator=g, dtype=torch.float64) for x in start] for _ in range(3)]
-    result = {}
-    for foreach in (False, True):
-        params = [torch.nn.Parameter(x.clone()) for x in start]
-        opt = AdamW(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, foreach=foreach)
-        for gs in grads:
-            for p, grad in zip(params, gs):
-                p.grad = grad.clone()
-            opt.step()
-        result[foreach] = params
+    result = {False: _three_steps(), True: _three_steps(foreach=True)}
+    start, grads = _draws()
     params, ms, vs = [x.clone() for x in start], [torch.zeros_like(x) for x in start], [torch.zeros_like(x) for x in start]
     for t, gs in enumerate(grads, start=1):
         lr, bc1, bc2 = (torch.tensor(v, dtype=torch.float64) for v in (1e-2, 1 - 0.9 ** t, 1 - 0.99 ** t))
