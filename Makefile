@@ -35,6 +35,6 @@ gpu:
 	$(GPU_PY) -m minbert.gpu_day $(ARGS)
 
 gpu-bundle:
-	$(SHARED)/tools/device-bundle
+	$(MINBERT_SHARED)/tools/device-bundle
 	(git rev-parse --short HEAD; git status --porcelain --untracked-files=no) | \
 	  awk 'NR == 1 {c = $$0} NR > 1 {d = "+dirty"} END {print c d}' > .bundle/COMMIT
