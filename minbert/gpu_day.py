@@ -24,7 +24,7 @@ weights, no checkpoints) are packed into gpu_day/<stamp>.tar.gz, or $OUT/<stamp>
 where the device tool sets $OUT.
 
 On the device machine ../shared is absent: the model and data travel in .bundle/
-(../shared/tools/device-bundle, `make gpu-bundle`), which is unpacked and linked as ../shared.
+(../shared/tools/device-bundle, `make gpu-bundle`), which is unpacked and named by $MINBERT_SHARED.
 """
 from __future__ import annotations
 
@@ -48,9 +48,9 @@ from minbert import gpu_steps
 from minbert.checkpoint import git_commit
 from minbert.gpu_merge import main as merge
 from minbert.gpu_steps import PY, Day, iso, version
+from minbert.paths import SHARED_ENV, shared_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 ARCHIVE_LIMIT = 16 * 2**20  # bytes: what the device tool brings back in one file
 SMALL = {".json", ".jsonl", ".md", ".txt", ".log", ".xml", ".png", ".csv"}  # what the archive takes
 NEEDED = ("torch", "tokenizers", "safetensors", "huggingface_hub", "numpy", "scipy", "tqdm", "pytest", "matplotlib")
@@ -62,23 +62,22 @@ STEPS = (("cuda_tests", 0.10, 30), ("table", 0.50, 90), ("benchmarks", 0.20, 30)
 # ---------------------------------------------------------------- setting up
 
 def set_up(day: Day) -> str:
-    """../shared from .bundle/ where it is absent; data/ from it; the packages the steps import."""
+    """The model and data from .bundle/ where the shared folder lacks them; data/ from them; the
+    packages the steps import."""
     notes = []
-    bundle = ROOT / ".bundle"
-    if not SHARED.exists() and bundle.exists():
+    shared, bundle = shared_dir(), ROOT / ".bundle"
+    if not (shared / "models").exists() and bundle.exists():
         if not (bundle / "data").exists():
             (bundle / "data").mkdir()
             with tarfile.open(bundle / "data.tar.xz") as tar:
                 tar.extractall(bundle / "data", filter="data")
-        try:
-            SHARED.symlink_to(bundle)
-            notes.append(f"../shared linked to {bundle}")
-        except OSError as e:  # then the steps that need the model or the data say so
-            notes.append(f"could not link ../shared to {bundle}: {e}")
-    if day.data_dir == "data" and (SHARED / "data").exists():
-        subprocess.run([PY, "data/prepare_data.py", "--from", str(SHARED / "data")], cwd=ROOT, check=True,
+        shared = bundle  # this process and every step's process find the default model there
+        os.environ[SHARED_ENV] = day.env[SHARED_ENV] = str(bundle)
+        notes.append(f"{SHARED_ENV}={bundle}")
+    if day.data_dir == "data" and (shared / "data").exists():
+        subprocess.run([PY, "data/prepare_data.py", "--from", str(shared / "data")], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        notes.append(f"data/ from {SHARED / 'data'}")
+        notes.append(f"data/ from {shared / 'data'}")
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     if missing:  # never the pinned CPU torch over a CUDA build: the missing ones only, and quickly (no network?)
         try:
