@@ -74,7 +74,7 @@ HELP = {
     "steps_per_epoch": "0: from iters_mult; -1: one pass over the first task's training set; > 0: this many",
     "max_steps": "> 0: stop after this many steps (smoke tests); 0: the whole run",
     "deadline": "an ISO time, e.g. 2026-12-01T09:30:00+00:00 (UTC if no zone): stop at the first step after it, "
-                "evaluate, checkpoint and write the results with the step reached; the same command resumes",
+                "evaluate, checkpoint and write the results with the step reached; the command with a later --deadline (or none) resumes",
     "max_length": "tokens per segment, longer ones are cut",
     "bucket_window": "> 1: batches of similar lengths, sorted within windows of this many batches",
     "pad_to_multiple_of": "> 0: pad each batch to a length that is a multiple of this (at most --max_length): "

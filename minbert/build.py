@@ -61,7 +61,8 @@ def compile_layers(bert: BertModel, fixed_shapes: bool = False):
     one launch for its ~20 kernels (on the CPU the mode changes nothing)."""
     functorch_config.donated_buffer = False  # PCGrad and SMART backpropagate twice (retain_graph)
     if fixed_shapes:
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FIXED_SHAPE_GRAPHS)
+        limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+        setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), FIXED_SHAPE_GRAPHS))
     for layer in bert.encoder.layer:
         if fixed_shapes:
             layer.compile(dynamic=False, mode="reduce-overhead")

@@ -120,7 +120,13 @@ def start_run_folder(out: Path, exp: Experiment, bert_config: dict):
     if not (out / "config.json").exists():  # a resumed run keeps the config it started with
         exp.save(out / "config.json")
         (out / "bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n")
-    if not (out / MODEL_RECORD).exists():  # checked the same model (check_run_folder): record what it is
+    record_model(out, exp)
+
+
+def record_model(out: Path, exp: Experiment):
+    """model_identity.json, once, after the folder was checked against exp: what the model is,
+    so that a moved checkout (the model elsewhere) is still recognised (model_difference)."""
+    if not (out / MODEL_RECORD).exists():
         record = {"model": exp.model, "fingerprint": model_fingerprint(exp.model)}
         (out / MODEL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 

@@ -126,9 +126,10 @@ def cuda_tests(day: Day, until: float) -> str:
     rc, killed = run([PY, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:randomly", f"--junitxml={xml}"],
                      day.out / "cuda_tests.log", until, {**day.env, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
     counts = {}
-    if xml.exists():
-        suite = re.search(r"<testsuite [^>]*>", xml.read_text()).group(0)
-        counts = {k: int(re.search(rf'{k}="(\d+)"', suite).group(1)) for k in ("tests", "failures", "errors", "skipped")}
+    suite = re.search(r"<testsuite [^>]*>", xml.read_text()) if xml.exists() else None  # none if cut off
+    if suite:
+        counts = {k: int(re.search(rf'{k}="(\d+)"', suite.group(0)).group(1))
+                  for k in ("tests", "failures", "errors", "skipped")}
     if not counts:
         return f"no result ({'killed at its time limit' if killed else f'pytest exited {rc}'}; see cuda_tests.log)"
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
@@ -198,23 +199,26 @@ def mfac(day: Day, until: float) -> str:
     optims = {"adam": [], "mfac": ["--optim", "MFAC", "--optim_args", json.dumps(card)]}
     margin = 30.0 if not day.dry else 5.0
     runs = {name: [] for name in optims}
-    for seed in seeds:
-        for name, extra in optims.items():
-            if time.time() > until - 2 * margin:
-                day.say(f"  - {name} seed {seed}: skipped for lack of time")
-                continue
-            out = day.out / "mfac" / name / f"seed-{seed}"
-            cmd = [PY, "train_multitask.py", "--task_name", "mrpc", "--seed", str(seed), *extra,
-                   "--deadline", iso(until - margin), "--output_dir", str(out)]
-            _, killed = run(cmd + day.flags("mfac"), out / "train.log", until, day.env)
-            record = out / "all_results.json"
-            r = json.loads(record.read_text()) if record.exists() else None
-            if r is None:
-                day.say(f"  - {name} seed {seed}: {why(out / 'train.log', killed)}")
-            elif r.get("stopped_at_deadline"):
-                day.say(f"  - {name} seed {seed}: stopped at the deadline at step {r['global_step']}; left out")
-            else:
-                runs[name].append({"seed": seed, **r})
+    planned = [(seed, name, extra) for seed in seeds for name, extra in optims.items()]
+    for k, (seed, name, extra) in enumerate(planned):
+        now = time.time()
+        if now > until - 2 * margin:
+            day.say(f"  - {name} seed {seed}: skipped for lack of time")
+            continue
+        # each run its share of what is left, so that the first cannot take the whole step
+        deadline = now + (until - margin - now) / (len(planned) - k)
+        out = day.out / "mfac" / name / f"seed-{seed}"
+        cmd = [PY, "train_multitask.py", "--task_name", "mrpc", "--seed", str(seed), *extra,
+               "--deadline", iso(deadline), "--output_dir", str(out)]
+        _, killed = run(cmd + day.flags("mfac"), out / "train.log", until, day.env)
+        record = out / "all_results.json"
+        r = json.loads(record.read_text()) if record.exists() else None
+        if r is None:
+            day.say(f"  - {name} seed {seed}: {why(out / 'train.log', killed)}")
+        elif r.get("stopped_at_deadline"):
+            day.say(f"  - {name} seed {seed}: stopped at the deadline at step {r['global_step']}; left out")
+        else:
+            runs[name].append({"seed": seed, **r})
     if not all(runs.values()):
         return "no comparison: " + ", ".join(f"{n} {len(r)} finished runs" for n, r in runs.items())
     for name, results in runs.items():

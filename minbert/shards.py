@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from minbert.checkpoint import config_differences
+from minbert.checkpoint import config_differences, record_model
 from minbert.experiments import Experiment
 
 CLAIM = "claim"
@@ -147,6 +147,7 @@ def check_sweep_folder(out: Path, exp: Experiment, spec: dict, runs: list[Planne
     out.mkdir(parents=True, exist_ok=True)
     for name, content in (("config.json", exp.to_dict()), ("sweep.json", spec)):
         write_once(out / name, json.dumps(content, indent=2) + "\n")
+    record_model(out, exp)  # a moved checkout's sweep is compared by what its model is, as its runs are
 
 
 def check_runs(runs: list[PlannedRun]):
@@ -245,11 +246,17 @@ class Claim:
 
     def heartbeat(self):
         while not self.stop.wait(self.timeout / 5):
-            if (read_claim(self.path.parent) or {}).get("token") != self.token:  # taken over: this process
+            claim = read_claim(self.path.parent)
+            if claim is None:  # unreadable for a moment (a take-over's rename, a shared file system): look again
+                continue
+            if claim.get("token") != self.token:  # taken over: this process paused longer than the timeout
                 print(f"warning: {self.path} was taken over by another process (this one paused longer than "
                       f"--claim_timeout {self.timeout:g} s?); both may now train {self.path.parent}", flush=True)
                 return
-            os.utime(self.path)
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:  # moved away between the read and the touch: the next look decides
+                continue
 
     def release(self):
         self.stop.set()

@@ -292,7 +292,7 @@ class Trainer:
             if eval_due(self.step, stop, exp.eval_per_epoch, self.steps_per_epoch):
                 self.evaluate_and_save()
         bar.close()
-        if self.stopped_at_deadline:  # where it got to is evaluated and kept; the same command resumes
+        if self.stopped_at_deadline:  # where it got to is evaluated and kept; a later --deadline resumes
             self.say(f"{exp.name}: stopped at the deadline {exp.deadline} at step {self.step} of {self.total_steps} "
                      f"({self.step / self.steps_per_epoch:.2f} of {exp.epochs:g} epochs)")
             if distributed.broadcast(not any(e["step"] == self.step and "eval_overall" in e for e in self.history)):

@@ -193,3 +193,18 @@ def test_shards_of_several_presets_then_their_table(tiny_model, tiny_data, tmp_p
     assert train_multitask.main([*flags, "--report"]) == 0
     table = (runs / "cs224n_table.md").read_text()
     assert "| baseline | 0." in table and "| gse | 0." in table and "| pcgrad | not run |" in table
+
+
+def test_a_moved_checkouts_sweep_folder_is_recognised_by_its_model(tiny_model, tiny_data, tmp_path):
+    """The sweep folder records what its model is (model_identity.json), as each run folder does:
+    with the model moved elsewhere and the old path gone, the sweep still checks as the same one."""
+    import shutil
+    from conftest import tiny_experiment
+    from minbert.sweeps import plan_seeds
+    old, new = tmp_path / "old_model", tmp_path / "new_model"
+    shutil.copytree(tiny_model, old)
+    exp = tiny_experiment("multitask", old, tiny_data, tmp_path / "unused")
+    plan_seeds(exp, [1, 2], str(tmp_path / "sweep")).check()
+    old.rename(new)
+    moved = tiny_experiment("multitask", new, tiny_data, tmp_path / "unused")
+    plan_seeds(moved, [1, 2], str(tmp_path / "sweep")).check()  # raised "the run's model folder is gone" before
