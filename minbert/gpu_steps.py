@@ -24,6 +24,7 @@ import torch
 
 from minbert.experiments import PRESETS, Experiment
 from minbert.report import compare_optimizers, write_table
+from minbert.shards import total_steps
 from minbert.side_by_side import last_step
 from minbert.sweeps import write_seeds
 
@@ -158,7 +159,7 @@ def table(day: Day, until: float) -> str:
         record = runs / name / "all_results.json"
         if record.exists():
             r = json.loads(record.read_text())
-            total = round(r["epochs"] * r["steps_per_epoch"])
+            total = total_steps(r)
             how = "stopped at the deadline" if r.get("stopped_at_deadline") else "finished"
             day.say(f"  - {name}: {how} at step {r['global_step']} of {total} "
                     f"({r['global_step'] / r['steps_per_epoch']:.2f} of {r['epochs']:g} epochs), "
