@@ -96,6 +96,19 @@ def test_seeds_summary_and_optimizer_comparison(tiny_model, tiny_data, tmp_path)
     report.compare_optimizers("mrpc", dirs, tmp_path / "mfac.md", note="tiny test")
     text = (tmp_path / "mfac.md").read_text()
     assert "81.68 ± 0.33" in text and "82.77 ± 0.22" in text and "M-FAC step time / AdamW step time" in text
+    for optim in ("adam", "mfac"):
+        for seed in (1, 2):
+            r = json.loads((tmp_path / optim / f"seed-{seed}" / "eval_results.json").read_text())
+            assert f"| {optim} | {seed} | {100 * r['eval_f1']:.2f} |" in text  # the per-seed table
+    assert "M-FAC - Adam, eval_f1:" in text and "standard error" in text
+
+
+def test_difference_line_tells_a_gap_from_seed_noise():
+    runs = lambda *f1: [{"eval_f1": x} for x in f1]  # noqa: E731
+    assert "not told apart from seed noise" in report.difference_line(runs(0.80, 0.82), runs(0.81, 0.83))
+    assert "M-FAC ahead by more than two standard errors" in report.difference_line(
+        runs(0.800, 0.801, 0.802), runs(0.850, 0.851, 0.852))
+    assert "+5.00 points" in report.difference_line(runs(0.800, 0.801, 0.802), runs(0.850, 0.851, 0.852))
 
 
 def test_sweep_report(tiny_model, tiny_data, tmp_path):

@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from minbert.sweep.seed_grid import SeedGrid, seed_stats, variance_decomposition, write_grid_report
+from minbert.sweep.seed_grid import (SeedGrid, score_at, seed_stats, stop_early, variance_decomposition,
+                                      write_grid_report)
+from minbert.sweep.seeds import expected_max
 
 
 
@@ -148,3 +150,60 @@ def test_grid_rejects_misshapen_scores_and_curves():
     curves[1, 101] = [{"fraction": 1.0, "score": 0.5}]  # no step
     with pytest.raises(ValueError, match=r"\[\(1, 101\)\]"):
         SeedGrid.from_runs(scores, curves)
+
+
+def predictive_grid(sign: float) -> SeedGrid:
+    """A 4 x 4 grid whose score at 20% of training is sign * (final score): a perfect early
+    predictor (+1) or a perfectly misleading one (-1)."""
+    rng = np.random.default_rng(1)
+    final = rng.uniform(0.7, 0.9, size=(4, 4))
+    scores = {(i, d): float(final[i, d]) for i in range(4) for d in range(4)}
+    curves = {(i, d): [{"fraction": 0.2, "step": 2, "score": sign * final[i, d]},
+                       {"fraction": 1.0, "step": 10, "score": final[i, d]}] for i in range(4) for d in range(4)}
+    return SeedGrid.from_runs(scores, curves)
+
+
+def test_stop_early_when_early_scores_predict_the_end_saves_budget_at_equal_expected_max():
+    grid = predictive_grid(+1.0)
+    out = stop_early(grid, 0.2, searches=((8, 1),), draws=40000)
+    assert out["spearman"] == pytest.approx(1.0) and out["leader_final_rank"] == 1
+    (s,) = out["searches"]
+    best = np.ravel(grid.scores)
+    # keeping the early leader of 8 draws keeps the best of the 8: E[max of 8 full runs]
+    assert s["expected_best"] == pytest.approx(expected_max(best, 8)[0], abs=2e-3), \
+        "stop_early: with a perfect early ranking, the search must find the best of the t runs it started"
+    assert s["cost_full_runs"] == pytest.approx(8 * 0.2 + 1 * 0.8)
+    assert s["equal_full_runs"] == pytest.approx(8, abs=0.3)
+    assert s["saved"] == pytest.approx(1 - 2.4 / s["equal_full_runs"])
+
+
+def test_stop_early_when_early_scores_mislead_keeps_the_worst():
+    out = stop_early(predictive_grid(-1.0), 0.2, searches=((8, 1),), draws=4000)
+    assert out["spearman"] == pytest.approx(-1.0) and out["leader_final_rank"] == 16
+    assert out["searches"][0]["equal_full_runs"] == "< 1" and out["searches"][0]["saved"] is None
+
+
+def test_stop_early_ranks_by_the_latest_evaluation_at_or_before_f():
+    curve = [{"fraction": 0.1, "step": 1, "score": 0.9}, {"fraction": 0.3, "step": 3, "score": 0.5}]
+    assert score_at(curve, 0.2) == 0.9 and score_at(curve, 0.3) == 0.5
+    with pytest.raises(ValueError, match="no evaluation at or before fraction 0.05"):
+        score_at(curve, 0.05)
+
+
+def test_stop_early_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="needs the runs' curves"):
+        stop_early(SeedGrid.from_runs(fake_grid_runs(2, 2)[0]), 0.2)
+    with pytest.raises(ValueError, match="0 < fraction < 1"):
+        stop_early(predictive_grid(1.0), 1.0)
+    with pytest.raises(ValueError, match="1 <= p < t"):
+        stop_early(predictive_grid(1.0), 0.2, searches=((2, 2),))
+
+
+def test_grid_report_tells_what_stopping_early_would_keep(tmp_path):
+    write_grid_report(predictive_grid(1.0), str(tmp_path), "early")
+    md = (tmp_path / "grid.md").read_text()
+    assert "- f = 0.2: rho = 1.00; the leader" in md and "ends 1 of 16" in md
+    assert "| 0.2 | 8 | 1 | 2.4 |" in md
+    data = json.loads((tmp_path / "grid.json").read_text())
+    assert [e["fraction"] for e in data["stop_early"]] == [0.2, 0.3]
+    assert (tmp_path / "stop_early.png").read_bytes()[:4] == b"\x89PNG"

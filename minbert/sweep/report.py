@@ -183,6 +183,20 @@ MFAC_CARDS = {
 }
 
 
+def difference_line(adam: list[dict], mfac: list[dict], key: str = "eval_f1") -> str:
+    """M-FAC's mean minus Adam's, with the standard error of that difference (Welch:
+    se = sqrt(s_a^2 / n_a + s_m^2 / n_m)), so a reader can tell a gap from seed noise."""
+    a, m = [100 * r[key] for r in adam], [100 * r[key] for r in mfac]
+    if len(a) < 2 or len(m) < 2:
+        return f"M-FAC - Adam, {key}: {statistics.mean(m) - statistics.mean(a):+.2f} (too few seeds for a spread)"
+    diff = statistics.mean(m) - statistics.mean(a)
+    se = (statistics.variance(a) / len(a) + statistics.variance(m) / len(m)) ** 0.5
+    verdict = ("within two standard errors: not told apart from seed noise" if abs(diff) < 2 * se
+               else ("M-FAC ahead" if diff > 0 else "Adam ahead") + " by more than two standard errors")
+    return (f"M-FAC - Adam, {key}: {diff:+.2f} points, standard error {se:.2f} "
+            f"({len(m)} and {len(a)} seeds): {verdict}.")
+
+
 def compare_optimizers(task: str, seed_dirs: dict[str, str | Path], out_md: str | Path, note: str = ""):
     """Adam vs M-FAC multi-seed runs (each a folder written by run_seeds) beside the cards."""
     blocks = {name: json.loads((Path(d) / "seeds.json").read_text()) for name, d in seed_dirs.items()}
@@ -202,6 +216,14 @@ def compare_optimizers(task: str, seed_dirs: dict[str, str | Path], out_md: str 
     if "adam" in blocks and "mfac" in blocks:
         ratio = blocks["mfac"]["step_time_s"] / blocks["adam"]["step_time_s"]
         lines += ["", f"M-FAC step time / AdamW step time: {ratio:.2f}x (same machine, same runs as above)."]
+        lines += ["", difference_line(blocks["adam"]["runs"], blocks["mfac"]["runs"])]
+    lines += ["", "Per seed (dev set; best: the best of the run's evaluations):", "",
+              "| optimizer | seed | F1 | accuracy | best F1 | best accuracy | steps |", "|" + "---|" * 7]
+    for name, b in blocks.items():
+        for r in b["runs"]:
+            pct = lambda k: "—" if r.get(k) is None else f"{100 * r[k]:.2f}"  # noqa: E731
+            lines.append(f"| {name} | {r['seed']} | {pct('eval_f1')} | {pct('eval_accuracy')} | "
+                         f"{pct('best_eval_f1')} | {pct('best_eval_accuracy')} | {r.get('global_step', '—')} |")
     which = {b["config"].get("results_from", "best") for b in blocks.values()}
     lines += ["", "Scores: " + ("the final model's dev scores (the eval_* keys, as run_glue's --do_eval reports them)"
                                 if which == {"final"} else "each run's best evaluation" if which == {"best"}

@@ -12,11 +12,12 @@ from typing import Optional
 
 import matplotlib
 import numpy as np
+import scipy.stats
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from minbert.sweep.seeds import _fmt, expected_max_curve
+from minbert.sweep.seeds import _fmt, expected_max, expected_max_curve
 
 # ---------------------------------------------------------------------------
 # The init-seed x data-seed grid (Dodge et al. 2020, sections 3 and 5)
@@ -133,8 +134,88 @@ def variance_decomposition(grid: SeedGrid, permutations: int = 9999, rng_seed: i
     return out
 
 
-def write_grid_report(grid: SeedGrid, out_dir: str, title: str, meta: Optional[dict] = None) -> None:
+# ---------------------------------------------------------------------------
+# Start many, stop early, read off the grid's curves (Dodge et al. 2020, section 6)
+
+
+def score_at(curve: list[dict], fraction: float) -> float:
+    """A run's latest evaluation at or before `fraction` of training: the state a search that
+    stops there would rank it by (seeds.start_many_stop_early ranks the same way)."""
+    upto = [e for e in curve if e["fraction"] <= fraction + 1e-9]
+    if not upto:
+        raise ValueError(f"the run has no evaluation at or before fraction {fraction}; "
+                         f"its first is at {min(e['fraction'] for e in curve)}")
+    return float(max(upto, key=lambda e: e["fraction"])["score"])
+
+
+def stop_early(grid: SeedGrid, fraction: float, searches=((16, 1), (16, 2), (8, 1), (8, 2), (4, 1)),
+               draws: int = 20000, rng_seed: int = 0) -> dict:
+    """Do the runs that lead after `fraction` of training still lead at the end, and what does
+    stopping the others there save?
+
+    Each run r has an early score a_r (score_at(curve, fraction)) and a final one b_r (its best
+    evaluation, as in the grid). Agreement of the two orders: Spearman's rho between a and b,
+    and where the early leader ends (its final rank, 1 = best of all R runs).
+
+    The search "start t, stop at f, continue the best p" (Dodge et al. 2020, Algorithm 1) costs
+        c = t * f + p * (1 - f)   full runs,
+    and finds max { b_r : r among the p best a_r of the t started }. Its expected value is
+    estimated by drawing the t runs with replacement from the R of the grid (`draws` times), the
+    same convention as expected_max (Dodge et al. 2019). Training n runs fully finds E[max of n]
+    = expected_max(b, n); `equal_full_runs` is the n, interpolated between integers, at which
+    that reaches the search's value, and `saved` = 1 - c / equal_full_runs is the share of the
+    budget the search saves at equal expected max (negative: it costs more). Beyond the grid's
+    range, equal_full_runs says "< 1" (worse than one full run) or "> R", and saved is None.
+    """
+    if grid.curves is None:
+        raise ValueError("stop_early needs the runs' curves (evaluations during training); this grid has none")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction is a part of training, need 0 < fraction < 1, got {fraction}")
+    runs = [(i, j) for i in range(len(grid.init_seeds)) for j in range(len(grid.data_seeds))]
+    a = np.array([score_at(grid.curves[i][j], fraction) for i, j in runs])
+    b = np.array([grid.scores[i][j] for i, j in runs])
+    R = len(runs)
+    leader = int(np.argmax(a))  # the first run on ties
+    final_rank = 1 + int(np.sum(b > b[leader]))
+    rho = float(scipy.stats.spearmanr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else None
+
+    full = [expected_max(b, n)[0] for n in range(1, R + 1)]  # E[max of n full runs], n = 1..R
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for t, p in searches:
+        if not 1 <= p < t:
+            raise ValueError(f"a search keeps fewer runs than it starts, need 1 <= p < t, got t={t}, p={p}")
+        picks = rng.integers(0, R, size=(draws, t))  # (draws, t) run indices
+        order = np.argsort(-a[picks], axis=1, kind="stable")[:, :p]  # the p best early scores
+        kept = np.take_along_axis(picks, order, axis=1)
+        value = float(b[kept].max(axis=1).mean())
+        cost = t * fraction + p * (1.0 - fraction)
+        n_eq = "< 1" if value < full[0] else f"> {R}" if value > full[-1] else 1.0
+        for n in range(1, R):
+            if full[n - 1] < value <= full[n]:
+                n_eq = n + (value - full[n - 1]) / (full[n] - full[n - 1])
+        rows.append({"t": t, "p": p, "fraction": fraction, "cost_full_runs": cost,
+                     "expected_best": value, "equal_full_runs": n_eq,
+                     "saved": 1.0 - cost / n_eq if isinstance(n_eq, float) else None})
+    return {"fraction": fraction, "spearman": rho, "leader": list(grid_seeds(grid, runs[leader])),
+            "leader_final_rank": final_rank, "runs": R, "searches": rows}
+
+
+def grid_seeds(grid: SeedGrid, cell: tuple[int, int]) -> tuple[int, int]:
+    """(init_seed, data_seed) of the grid's cell (i, j)."""
+    return grid.init_seeds[cell[0]], grid.data_seeds[cell[1]]
+
+
+def _has_eval_by(grid: SeedGrid, fraction: float) -> bool:
+    return all(min(e["fraction"] for e in ev) <= fraction + 1e-9 for row in grid.curves for ev in row)
+
+
+def write_grid_report(grid: SeedGrid, out_dir: str, title: str, meta: Optional[dict] = None,
+                      early_fractions=(0.2, 0.3)) -> None:
     """Write grid.json (everything to redraw), grid.md (tables) and grid.png into out_dir.
+
+    With curves, grid.md also tells what stopping early at each of `early_fractions` would have
+    kept and saved (stop_early).
 
     meta: {"command", "device", "date", "commit", "model", "task", ...}, listed atop grid.md.
     """
@@ -148,9 +229,11 @@ def write_grid_report(grid: SeedGrid, out_dir: str, title: str, meta: Optional[d
         last = [max(ev, key=lambda e: e["fraction"])["score"] for row in grid.curves for ev in row]
         curves["last checkpoint"] = expected_max_curve(last)
 
+    early = [stop_early(grid, f) for f in early_fractions if _has_eval_by(grid, f)] if grid.curves else []
+
     summary = asdict(grid)
     summary.update(title=title, meta=meta or {}, per_init_seed=stats["init"],
-                   per_data_seed=stats["data"], variance=var, expected_max=curves)
+                   per_data_seed=stats["data"], variance=var, expected_max=curves, stop_early=early)
     with open(os.path.join(out_dir, "grid.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
 
@@ -184,6 +267,26 @@ def write_grid_report(grid: SeedGrid, out_dir: str, title: str, meta: Optional[d
               row("n", *curves), "|---" * (len(curves) + 1) + "|"]
     for n in [n for n in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500) if n < N * M] + [N * M]:
         lines.append(row(n, *(f"{c[n - 1]['mean']:.4f} ± {c[n - 1]['std']:.4f}" for c in curves.values())))
+    if early:
+        lines += ["", "Start many, stop early (Dodge et al. 2020, Algorithm 1), read off the runs' curves "
+                  "(formulas: `stop_early` in minbert/sweep/seed_grid.py). At fraction f of training, rho is "
+                  "Spearman's rank correlation between each run's latest score there and its best score; "
+                  "the leader is the run ahead at f, ranked among all runs by its best score.", ""]
+        for e in early:
+            rho = "–" if e["spearman"] is None else f"{e['spearman']:.2f}"
+            lines += [f"- f = {e['fraction']:g}: rho = {rho}; the leader (init {e['leader'][0]}, data "
+                      f"{e['leader'][1]}) ends {e['leader_final_rank']} of {e['runs']}"]
+        lines += ["", "Each search: start t runs, stop them at f, continue the best p. Cost in full runs "
+                  "t*f + p*(1-f); expected best score over draws of t runs from the grid's; the number of "
+                  "fully trained runs with the same expected best; the share of that budget saved.", "",
+                  row("f", "t", "p", "cost (full runs)", "expected best", "full runs for the same",
+                      "budget saved"), "|---" * 7 + "|"]
+        for e in early:
+            for r in e["searches"]:
+                n_eq = r["equal_full_runs"]
+                lines.append(row(f"{r['fraction']:g}", r["t"], r["p"], f"{r['cost_full_runs']:.1f}",
+                                 f"{r['expected_best']:.4f}", f"{n_eq:.1f}" if isinstance(n_eq, float) else n_eq,
+                                 "–" if r["saved"] is None else f"{r['saved']:.0%}"))
     with open(os.path.join(out_dir, "grid.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
@@ -219,4 +322,25 @@ def write_grid_report(grid: SeedGrid, out_dir: str, title: str, meta: Optional[d
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "grid.png"), dpi=120)
+    plt.close(fig)
+    if early:
+        _plot_stop_early(grid, early, os.path.join(out_dir, "stop_early.png"), title)
+
+
+def _plot_stop_early(grid: SeedGrid, early: list[dict], path: str, title: str) -> None:
+    """stop_early.png: each run's score at fraction f against its best score, one panel per f."""
+    best = np.ravel(grid.scores)
+    fig, axes = plt.subplots(1, len(early), figsize=(5 * len(early), 4.5), squeeze=False)
+    for ax, e in zip(axes[0], early):
+        at_f = np.array([score_at(ev, e["fraction"]) for row in grid.curves for ev in row])
+        lead = int(np.argmax(at_f))
+        ax.scatter(at_f, best, s=18, color="tab:blue", alpha=0.8, label="a run")
+        ax.scatter(at_f[lead], best[lead], s=60, facecolors="none", edgecolors="tab:red", label="leader at f")
+        rho = "–" if e["spearman"] is None else f"{e['spearman']:.2f}"
+        ax.set(xlabel=f"dev score at {e['fraction']:.0%} of training", ylabel="best dev score",
+               title=f"f = {e['fraction']:g}: Spearman rho = {rho}")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{title}: do early leaders stay ahead?")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
