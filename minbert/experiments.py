@@ -22,6 +22,7 @@ from pathlib import Path
 from minbert.data import TASKS
 from minbert.heads import check_head
 from minbert.optim import MFAC
+from minbert.run.compat import upgrade_config
 from minbert.run.paths import default_model
 from minbert.pooling import POOLERS
 from minbert.smart import DEFAULTS as SMART
@@ -193,13 +194,8 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Experiment":
-        """A config.json's fields, this version's or an older run's, -> the Experiment."""
-        d = dict(d)
-        if "attn_implementation" in d:  # config.json of runs made before --fast existed
-            d.setdefault("fast", d.pop("attn_implementation") == "sdpa")
-        if isinstance(d.get("bf16"), bool):  # runs made before bf16 took auto | on | off: true meant on CUDA only
-            d["bf16"] = "auto" if d["bf16"] else "off"
-        return cls.from_fields(d)
+        """A config.json's fields, this version's or an earlier one's (run/compat.py), -> the Experiment."""
+        return cls.from_fields(upgrade_config(d))
 
     @classmethod
     def from_fields(cls, d: dict) -> "Experiment":

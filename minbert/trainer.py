@@ -335,9 +335,8 @@ class Trainer:
             self.say(state["warning"])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.nonfinite_skipped = state["nonfinite_skipped"]
-        if "cost" in state:  # checkpoints written before it was kept lack it
-            commits = state["cost"]["commits"]
-            self.cost = {**state["cost"], "commits": commits + [c for c in self.cost["commits"] if c not in commits]}
+        commits = state["cost"]["commits"]
+        self.cost = {**state["cost"], "commits": commits + [c for c in self.cost["commits"] if c not in commits]}
         # log.jsonl may hold lines written after this checkpoint: rewrite it from the history.
         if self.is_main:
             (self.out / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.history))

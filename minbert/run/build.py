@@ -21,6 +21,7 @@ from minbert.batches import Encoded, encode
 from minbert.data import TASKS, read_split
 from minbert.experiments import Experiment
 from minbert.multitask import MultitaskBert
+from minbert.run.compat import fingerprint_of_unrecorded
 from minbert.model import BertModel
 from minbert.tokenizer import BertTokenizer
 from minbert.weights import model_fingerprint
@@ -101,10 +102,10 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def recorded_fingerprint(run_dir: Path, model_in_config: str) -> str | None:
-    """The fingerprint of the model a run started from: its model_identity.json or, in folders
-    written before that file existed, the model at config.json's path while it is still there."""
+    """The fingerprint of the model a run started from: its model_identity.json (a folder
+    without one: run/compat.py)."""
     path = run_dir / MODEL_RECORD
-    return json.loads(path.read_text())["fingerprint"] if path.exists() else model_fingerprint(model_in_config)
+    return json.loads(path.read_text())["fingerprint"] if path.exists() else fingerprint_of_unrecorded(model_in_config)
 
 
 def run_weights(run_dir: Path, which: str = "best") -> Path:

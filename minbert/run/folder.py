@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.run import distributed
+from minbert.run.compat import config_notes, upgrade_checkpoint
 from minbert.run.build import MODEL_RECORD, checkpoints, recorded_fingerprint
 from minbert.experiments import RESUMABLE, Experiment
 from minbert.weights import model_fingerprint
@@ -76,17 +77,15 @@ def config_differences(out: Path, exp: Experiment) -> list[str]:
     old, new = (json.loads(json.dumps(d)) for d in (old, exp.to_dict()))  # both as JSON has them: lists, not tuples
     differ = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k not in RESUMABLE and k != "model"
               and old.get(k) != new[k]]
-    if raw.get("smart") and "smart_reading" not in raw:  # a SMART run from before the readings (smart.py)
-        differ.append(f"smart_reading: the old form (Algorithm 1 without its projection, removed) -> "
-                      f"{new['smart_reading']!r}")
+    differ += config_notes(raw, new)
     model = model_difference(out, old["model"], new["model"])
     return differ + ([f"model: {old['model']!r} -> {new['model']!r} ({model})"] if model else [])
 
 
 def model_difference(out: Path, old: str, new: str) -> str:
     """Why `new` is not the run's model; "" when it is, wherever it lies. The run's fingerprint
-    comes from its model_identity.json or, in folders written before it existed, from the old
-    path when that still holds the model; without either, only the same path matches."""
+    comes from its model_identity.json (or, in a folder without one, from the old path when that
+    still holds the model: compat.py); without either, only the same path matches."""
     if old == new and not (out / MODEL_RECORD).exists():
         return ""
     recorded = recorded_fingerprint(out, old)
@@ -174,7 +173,7 @@ def restore(out: Path, model: torch.nn.Module, optimizers: list, device: torch.d
     with reading(ckpt / "model.safetensors"):
         model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
     with reading(ckpt / "state.pt"):
-        state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
+        state = upgrade_checkpoint(torch.load(ckpt / "state.pt", map_location=device, weights_only=True))
         for opt, s in zip(optimizers, state.pop("optimizers"), strict=True):
             opt.load_state_dict(s)
     rngs = state.get("rank_rngs") or [(state["rng"], state["cuda_rng"])]
