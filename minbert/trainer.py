@@ -190,13 +190,14 @@ class Trainer:
                 loss = loss + exp.bregman_weight * breg
         return loss
 
-    def apply(self, losses: dict[str, torch.Tensor], surgery: bool = False) -> bool:
-        """One optimizer update from these losses; PCGrad combines them when `surgery`."""
+    def optimizer_step(self, losses: dict[str, torch.Tensor], pcgrad: bool = False) -> bool:
+        """One optimizer update from these losses: on their sum, or (pcgrad) on PCGrad's combination
+        of their gradients. False when a non-finite loss or gradient skipped it."""
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         if not distributed.all_ranks(all(torch.isfinite(l).item() for l in losses.values())):
-            return self.nonfinite(f"loss {({t: l.item() for t, l in losses.items()})}")
-        if surgery:
+            return self.on_nonfinite(f"loss {({t: l.item() for t, l in losses.items()})}")
+        if pcgrad:
             g = torch.Generator().manual_seed(self.exp.seed * 7919 + self.step)  # task order, per step
             pcgrad_backward(list(losses.values()), self.shared_params, self.head_params, generator=g,
                             reduction=self.exp.pcgrad_reduction,
@@ -207,14 +208,14 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.exp.max_grad_norm or math.inf)
         if not torch.isfinite(norm):
-            return self.nonfinite("gradient norm")
+            return self.on_nonfinite("gradient norm")
         for opt in self.optimizers:
             opt.step()
         if self.teacher is not None:
             self.teacher.update(self.model, self.exp.bregman_beta)
         return True
 
-    def nonfinite(self, what: str) -> bool:
+    def on_nonfinite(self, what: str) -> bool:
         if self.exp.nonfinite == "stop":
             raise FloatingPointError(
                 f"non-finite {what} at step {self.step + 1}; stopped. The last good checkpoint in {self.out} "
@@ -234,14 +235,14 @@ class Trainer:
             losses = {}
             for t in tasks:
                 losses[t] = self.task_loss(t, batches[t])
-                self.apply({t: losses[t]})
+                self.optimizer_step({t: losses[t]})
         else:
             losses = {t: self.task_loss(t, batches[t]) for t in tasks}
             # summed: one update on L_sst + L_qqp + L_sts; pcgrad: projected task gradients;
             # gse: the PCGrad update (mean of the projected gradients), then one on the summed loss, recomputed.
-            self.apply(losses, surgery=kind in ("pcgrad", "gse"))
+            self.optimizer_step(losses, pcgrad=kind in ("pcgrad", "gse"))
             if kind == "gse":
-                self.apply({t: self.task_loss(t, batches[t]) for t in tasks})
+                self.optimizer_step({t: self.task_loss(t, batches[t]) for t in tasks})
         return distributed.average_values({t: l.item() for t, l in losses.items()})
 
     def evaluate(self) -> dict[str, float]:
@@ -314,18 +315,18 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints and the record
 
-    def progress(self) -> dict:
+    def checkpoint_state(self) -> dict:
         """What a checkpoint keeps besides weights and optimizers (and the record is made of)."""
-        progress = {"step": self.step, "best": self.best, "history": self.history,
+        state = {"step": self.step, "best": self.best, "history": self.history,
                     "nonfinite_skipped": self.nonfinite_skipped, "stopped_at_deadline": self.stopped_at_deadline,
                     "cost": {**self.cost, "seconds": self.cost["seconds"] + time.time() - self.session_start,
                              "peak_memory_mb": max(self.cost["peak_memory_mb"], folder.peak_memory_mb(self.device))}}
         if self.teacher is not None:
-            progress["teacher"] = self.teacher.module.state_dict()
-        return progress
+            state["teacher"] = self.teacher.module.state_dict()
+        return state
 
     def save(self):
-        folder.save_checkpoint(self.out, self.model, self.optimizers, self.progress(), self.device)
+        folder.save_checkpoint(self.out, self.model, self.optimizers, self.checkpoint_state(), self.device)
 
     def resume(self) -> bool:
         state = folder.restore(self.out, self.model, self.optimizers, self.device, self.teacher)
@@ -345,11 +346,11 @@ class Trainer:
 
     def finish(self, steps: int) -> dict:
         """The run's record (folder.record), its files, and curves.png."""
-        progress = self.progress()
-        results = folder.record(self.exp, progress, steps, self.steps_per_epoch, self.device,
-                                    {t: len(d) for t, d in self.dev_data.items()})
+        state = self.checkpoint_state()
+        results = folder.record(self.exp, state, steps, self.steps_per_epoch, self.device,
+                                {t: len(d) for t, d in self.dev_data.items()})
         if self.is_main:
-            folder.write_results(self.out, results, progress)
+            folder.write_results(self.out, results, state)
             plot_run(self.out)  # curves.png: losses and dev scores against epoch
             self.say(f"best overall {self.best.get('overall', float('nan')):.4f} at step {self.best.get('step')}; "
                      f"results in {self.out}")

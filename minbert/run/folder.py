@@ -1,13 +1,13 @@
 """The run folder: its configuration, checkpoints, best weights and final record.
 
-Functions that take the folder, the model, the optimizers and a plain `progress` dict
-(step, best, history, ...), so the training loop reads without file handling in it.
+Functions that take the folder, the model, the optimizers and a plain `run_state` dict
+(step, best, history, ...: Trainer.checkpoint_state), so the training loop reads without file handling in it.
 
     runs/<name>/config.json         the Experiment, written once when the run starts, never again
     runs/<name>/model_identity.json the model's fingerprint (weights.model_fingerprint), so that a
                                     copy of the model in another folder resumes the run
     runs/<name>/checkpoint-<step>/  model.safetensors + state.pt (optimizers, random states,
-                                    progress); the latest only, written to a temporary folder
+                                    run_state); the latest only, written to a temporary folder
                                     and renamed, so a killed run never leaves half a checkpoint
     runs/<name>/best/               model.safetensors of the best overall dev score
     runs/<name>/eval_results.json, all_results.json, trainer_state.json   run_glue's names
@@ -49,7 +49,7 @@ class RunFolderError(ValueError):
 
 
 @contextlib.contextmanager
-def reading(path: Path):
+def as_checkpoint_error(path: Path):
     """Any failure to read or apply `path` becomes one CheckpointError naming it."""
     try:
         yield
@@ -138,20 +138,20 @@ def remove_partial(out: Path):
 
 # ---------------------------------------------------------------- checkpoints
 
-def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, progress: dict, device: torch.device):
-    """checkpoint-<step>/: weights, optimizer states, every rank's random state and `progress`;
+def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, run_state: dict, device: torch.device):
+    """checkpoint-<step>/: weights, optimizer states, every rank's random state and `run_state`;
     then the older checkpoint is removed. Called on every rank (it gathers their random
     states); rank 0 alone writes."""
     rngs = distributed.gather((torch.get_rng_state(),  # every rank's (cpu, cuda) states, rank 0's first
                                torch.cuda.get_rng_state_all() if device.type == "cuda" else []))
     if not distributed.is_main():
         return
-    step = progress["step"]
+    step = run_state["step"]
     tmp = out / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    state = {**progress, "optimizers": [o.state_dict() for o in optimizers], "rng": rngs[0][0], "cuda_rng": rngs[0][1]}
+    state = {**run_state, "optimizers": [o.state_dict() for o in optimizers], "rng": rngs[0][0], "cuda_rng": rngs[0][1]}
     if len(rngs) > 1:
         state["rank_rngs"] = rngs
     torch.save(state, tmp / "state.pt")
@@ -170,9 +170,9 @@ def restore(out: Path, model: torch.nn.Module, optimizers: list, device: torch.d
     ckpt = distributed.broadcast(ckpts[-1] if ckpts else None)
     if ckpt is None:
         return None
-    with reading(ckpt / "model.safetensors"):
+    with as_checkpoint_error(ckpt / "model.safetensors"):
         model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
-    with reading(ckpt / "state.pt"):
+    with as_checkpoint_error(ckpt / "state.pt"):
         state = upgrade_checkpoint(torch.load(ckpt / "state.pt", map_location=device, weights_only=True))
         for opt, s in zip(optimizers, state.pop("optimizers"), strict=True):
             opt.load_state_dict(s)
@@ -225,12 +225,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
 
 
-def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, device: torch.device,
+def record(exp: Experiment, run_state: dict, steps: int, steps_per_epoch: int, device: torch.device,
            dev_sizes: dict[str, int]) -> dict:
     """A run's all_results.json: the eval_* keys of its best (or, results_from="final", its last)
     evaluation; train_runtime, update_ms, samples/s and peak memory cover all the work kept,
     over resumed sessions too; train_steps counts this session's steps."""
-    best, history, cost, spe = progress["best"], progress["history"], progress["cost"], steps_per_epoch
+    best, history, cost, spe = run_state["best"], run_state["history"], run_state["cost"], steps_per_epoch
     best_evals = {f"eval_{k}": v for k, v in best.items() if k != "step"}
     results = {**best_evals, "epoch": best.get("step", 0) / spe}
     if exp.results_from == "final":  # run_glue's --do_eval scores the final model
@@ -239,7 +239,7 @@ def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, de
                    **{f"best_{k}": v for k, v in best_evals.items()}, "best_epoch": results["epoch"]}
     if exp.max_eval_examples > 0:  # say so wherever these scores go
         results["dev_subset"] = dev_sizes
-    world, step, seconds = distributed.world_size(), progress["step"], cost["seconds"]
+    world, step, seconds = distributed.world_size(), run_state["step"], cost["seconds"]
     losses = [e["loss"] for e in history if "loss" in e]
     return {**results,
             "train_runtime": seconds, "train_steps": steps, "global_step": step,
@@ -247,20 +247,20 @@ def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, de
             "train_samples_per_second": step * exp.batch_size * world * len(exp.tasks) / seconds if seconds else 0.0,
             "train_loss": sum(losses) / len(losses) if losses else float("nan"),
             "peak_memory_mb": cost["peak_memory_mb"], "device": device_name(device), "world_size": world,
-            "nonfinite_skipped": progress["nonfinite_skipped"], "steps_per_epoch": spe,
-            "stopped_at_deadline": progress.get("stopped_at_deadline", False),
+            "nonfinite_skipped": run_state["nonfinite_skipped"], "steps_per_epoch": spe,
+            "stopped_at_deadline": run_state.get("stopped_at_deadline", False),
             "epochs": exp.epochs, "model": exp.model, "preset": exp.name, "fast": exp.fast,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
             "commit": ",".join(cost["commits"])}
 
 
-def write_results(out: Path, results: dict, progress: dict):
+def write_results(out: Path, results: dict, run_state: dict):
     """eval_results.json (the eval_* keys), all_results.json (everything), trainer_state.json."""
     evals = {k: v for k, v in results.items() if k.startswith(("eval_", "best_eval_")) or k == "epoch"}
     (out / "eval_results.json").write_text(json.dumps(evals, indent=2) + "\n")
     (out / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    best = progress["best"]
+    best = run_state["best"]
     (out / "trainer_state.json").write_text(json.dumps({
-        "global_step": progress["step"], "best_metric": best.get("overall"),
+        "global_step": run_state["step"], "best_metric": best.get("overall"),
         "best_model_checkpoint": str(out / "best"), "best_step": best.get("step"),
-        "log_history": progress["history"]}, indent=2) + "\n")
+        "log_history": run_state["history"]}, indent=2) + "\n")
