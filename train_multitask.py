@@ -33,14 +33,16 @@ from pathlib import Path
 
 from minbert.run import distributed
 from minbert.data import not_found, split_path
-from minbert.experiments import CHOICES, PRESETS, Experiment, preset
+from minbert.experiments import CHOICES, PRESETS, Experiment, preset, presets_using
 from minbert.fastpaths import FastPathMismatch
+from minbert.heads import HEADS
 from minbert.sweep.report import write_table
 from minbert.sweep.shards import CLAIM_TIMEOUT, IncompleteSweep, PlannedRun, check_runs, parse_shard, require_finished, \
     train_shard, without_flags
 from minbert.sweep.side_by_side import run_shards, run_side_by_side
 from minbert.sweep.sweeps import SWEEP_EVALS_PER_EPOCH, plan_grid, plan_seeds, plan_sweep, train_run
 from minbert.trainer import Trainer
+from minbert.updates import UPDATES
 from minbert.weights import resolve_model_dir
 
 RUN_GLUE_ALIASES = {"model": ["--model_name_or_path"], "lr": ["--learning_rate"], "epochs": ["--num_train_epochs"],
@@ -50,12 +52,12 @@ RUN_GLUE_ALIASES = {"model": ["--model_name_or_path"], "lr": ["--learning_rate"]
 HELP = {
     "name": "the run's name (default: the preset's); the output folder is runs/<name>",
     "tasks": "comma-separated tasks to train, e.g. sst,quora,sts or mrpc",
-    "heads": "task=head pairs, e.g. sts=cos-2d1; heads: linear, concat, cos-emb, cos-d, cos-2d1",
+    "heads": "task=head pairs, e.g. sts=cos-2d1",
     "pair_input": "how a sentence pair reaches the encoder",
     "pooling": "sentence vector from the token vectors (minbert/pooling.py)",
     "binary_logit": "binary tasks: one logit + BCE (the paper); --no-binary_logit: two logits + CE (run_glue)",
     "head_dropout": "dropout before the task heads",
-    "update": "how the task losses make an update (minbert/trainer.py, Trainer.update)",
+    "update": "how the task losses make an update (minbert/updates.py)",
     "pcgrad_reduction": "how PCGrad combines the projected task gradients",
     "smart": "add SMART's smoothness regulariser to each task loss (minbert/smart.py)",
     "smart_weight": "SMART's lambda", "smart_sigma": "SMART's initial noise std",
@@ -125,9 +127,15 @@ def parse_heads(text: str) -> dict:
 
 
 def field_help(f: dataclasses.Field) -> str:
+    """HELP's line, then what the registries allow (read when the parser is built), then the default."""
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
     text = HELP[f.name]
-    if f.name in CHOICES:
+    if f.name == "heads":
+        text += "; heads: " + ", ".join(f"{name} ({'/'.join(head.task_kinds)})" for name, head in HEADS.items())
+    elif f.name == "update":  # each kind, and the presets (the paper's rows) that use it
+        text += "; " + "; ".join(f"{name}: {u.about} (presets: {', '.join(presets_using('update', name)) or 'none'})"
+                                 for name, u in UPDATES.items())
+    elif f.name in CHOICES:
         text += f"; one of: {', '.join(CHOICES[f.name])}"
     if f.name == "model":
         return text + "; default: $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/models/... beside the repository"

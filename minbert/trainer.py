@@ -3,7 +3,7 @@
     for step in range(start, stop):
         batches = one batch per task              (batches.Stream: a pure function of step)
         update(batches)                           <- the one place where the presets differ:
-                                                     separate | summed | pcgrad | gse, +SMART in task_loss
+                                                     UPDATES[exp.update] (updates.py), +SMART in task_loss
         every 1/eval_per_epoch epoch: evaluate, keep the best, write a checkpoint
 
 What is not the loop lives elsewhere: building the model and data (run/build.py), predicting
@@ -30,6 +30,7 @@ from minbert.pcgrad import pcgrad_backward
 from minbert.sweep.plots import plot_run
 from minbert.run.progress import Progress, say
 from minbert.smart import MomentumTeacher, bregman_term, smart_regularizer
+from minbert.updates import UPDATES
 
 CheckpointError = folder.CheckpointError  # what a caller catches when a run cannot resume
 
@@ -226,24 +227,13 @@ class Trainer:
         return False
 
     def update(self, step: int) -> dict[str, float]:
-        """Where the presets differ (CS224N paper, section 5.3). Returns the task losses."""
-        tasks, kind = self.exp.tasks, self.exp.update
+        """Where the presets differ (CS224N paper, section 5.3): one batch per task, then the
+        experiment's update kind (updates.py: separate, summed, pcgrad, gse). Returns the task losses."""
         if self.cuda_graphs:  # the outputs of the last update's graph replays may be overwritten now
             torch.compiler.cudagraph_mark_step_begin()
-        batches = {t: self.train_batch(t, step) for t in tasks}
-        if kind == "separate":  # baseline: each task its own update, one after another
-            losses = {}
-            for t in tasks:
-                losses[t] = self.task_loss(t, batches[t])
-                self.optimizer_step({t: losses[t]})
-        else:
-            losses = {t: self.task_loss(t, batches[t]) for t in tasks}
-            # summed: one update on L_sst + L_qqp + L_sts; pcgrad: projected task gradients;
-            # gse: the PCGrad update (mean of the projected gradients), then one on the summed loss, recomputed.
-            self.optimizer_step(losses, pcgrad=kind in ("pcgrad", "gse"))
-            if kind == "gse":
-                self.optimizer_step({t: self.task_loss(t, batches[t]) for t in tasks})
-        return distributed.average_values({t: l.item() for t, l in losses.items()})
+        batches = {t: self.train_batch(t, step) for t in self.exp.tasks}
+        losses = UPDATES[self.exp.update].step(self, batches)
+        return distributed.average_values({t: loss.item() for t, loss in losses.items()})
 
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.model, self.dev_data, self.exp.eval_batch_size, self.tokenizer.pad_token_id,
