@@ -27,16 +27,17 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert.run import distributed
-from minbert.run.compat import config_notes, upgrade_checkpoint
-from minbert.run.build import MODEL_RECORD, checkpoints, recorded_fingerprint
 from minbert.experiments import RESUMABLE, Experiment
+from minbert.run import distributed
+from minbert.run.build import MODEL_RECORD, checkpoints, recorded_fingerprint
+from minbert.run.compat import config_notes, upgrade_checkpoint
 from minbert.weights import model_fingerprint
 
 
@@ -178,8 +179,9 @@ def restore(out: Path, model: torch.nn.Module, optimizers: list, device: torch.d
             opt.load_state_dict(s)
     rngs = state.get("rank_rngs") or [(state["rng"], state["cuda_rng"])]
     world = distributed.world_size()
-    state["warning"] = (f"{ckpt} was written by {len(rngs)} process(es), this run has {world}: batches and "
-                        f"dropout will not continue exactly as the interrupted run would have") if len(rngs) != world else ""
+    state["warning"] = "" if len(rngs) == world else (
+        f"{ckpt} was written by {len(rngs)} process(es), this run has {world}: batches and "
+        f"dropout will not continue exactly as the interrupted run would have")
     rng, cuda_rng = rngs[distributed.rank() % len(rngs)]
     torch.set_rng_state(rng.cpu())
     if cuda_rng:
@@ -188,6 +190,15 @@ def restore(out: Path, model: torch.nn.Module, optimizers: list, device: torch.d
         teacher.module.load_state_dict(state["teacher"])
     state["checkpoint"] = ckpt
     return state
+
+
+def finished_record(out: Path, stop: int, resumable: bool) -> dict | None:
+    """The record (all_results.json) of a run in `out` that already reached step `stop`, or None.
+    resumable: its checkpoint was resumed, or it keeps none; else the record is of another run.
+    Rank 0's answer holds for every rank."""
+    path = out / "all_results.json"
+    finished = resumable and path.exists() and json.loads(path.read_text()).get("global_step", 0) >= stop
+    return json.loads(path.read_text()) if distributed.broadcast(finished) else None
 
 
 def save_best(out: Path, model: torch.nn.Module):
@@ -211,6 +222,37 @@ def git_commit() -> str:
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
     except OSError:
         return "unknown"
+
+
+class Cost:
+    """What a run's work cost, summed over its sessions (a checkpoint carries it on): wall time,
+    time in Trainer.update alone, peak memory, and the commits of the code that ran."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.session_start = device, time.time()
+        self.totals = {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": [git_commit()]}
+
+    def start_session(self):
+        """One Trainer.train starts: its wall time and peak memory count from here."""
+        self.session_start = time.time()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    @contextlib.contextmanager
+    def timing_update(self):
+        start = time.perf_counter()
+        yield
+        self.totals["update_seconds"] += time.perf_counter() - start
+
+    def carry_on(self, saved: dict):
+        """The earlier sessions' totals, from a checkpoint; this session's commit joins theirs."""
+        commits = saved["commits"]
+        self.totals = {**saved, "commits": commits + [c for c in self.totals["commits"] if c not in commits]}
+
+    def so_far(self) -> dict:
+        """The totals, this session's time and memory up to now included."""
+        return {**self.totals, "seconds": self.totals["seconds"] + time.time() - self.session_start,
+                "peak_memory_mb": max(self.totals["peak_memory_mb"], peak_memory_mb(self.device))}
 
 
 def peak_memory_mb(device: torch.device) -> float:
