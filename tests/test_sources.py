@@ -8,8 +8,8 @@ import torch
 import minbert.trainer
 import train_multitask
 from conftest import tiny_experiment
-from minbert.sweep import sweeps
 from minbert.experiments import PRESETS, preset
+from minbert.sweep import sweeps
 from minbert.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -29,8 +29,15 @@ from minbert.run.compat import seconds_per_update
 from minbert.sweep.report import summarize
 from minbert.sweep.seed_grid import SeedGrid, write_grid_report
 from minbert.sweep.seeds import check_search, start_many_stop_early, write_report
-from minbert.sweep.shards import (CLAIM_TIMEOUT, PlannedRun, check_sweep_folder, require_finished, sweep_command,
-                            total_steps, train_shard)
+from minbert.sweep.shards import (
+    CLAIM_TIMEOUT,
+    PlannedRun,
+    check_sweep_folder,
+    require_finished,
+    sweep_command,
+    total_steps,
+    train_shard,
+)
 from minbert.trainer import Trainer
 
 SWEEP_EVALS_PER_EPOCH = 10  # Dodge et al. 2020 evaluate ten times an epoch
