@@ -11,7 +11,6 @@ from minbert.sweep.seed_grid import (SeedGrid, score_at, seed_stats, stop_early,
 from minbert.sweep.seeds import expected_max
 
 
-
 def grid_of(f, init_seeds, data_seeds) -> SeedGrid:
     return SeedGrid.from_runs({(i, d): f(i, d) for i in init_seeds for d in data_seeds})
 
