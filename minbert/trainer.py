@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 
 import torch
@@ -32,6 +33,14 @@ from minbert.progress import Progress, say
 from minbert.smart import MomentumTeacher, bregman_term, smart_regularizer
 
 CheckpointError = checkpoint.CheckpointError  # what a caller catches when a run cannot resume
+
+# Set when the process is asked to stop (shards.py sets it on SIGTERM and SIGINT): the loop ends
+# before its next step, so the checkpoint due at the last step is written and the run resumes from it.
+STOP = threading.Event()
+
+
+class Stopped(BaseException):
+    """Raised by Trainer.train when STOP is set; like KeyboardInterrupt, no `except Exception` takes it."""
 
 
 def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.optim.Optimizer]:
@@ -274,6 +283,9 @@ class Trainer:
         deadline = exp.deadline_seconds()
         bar = Progress(stop, self.step, exp.name, quiet=self.quiet)
         while self.step < stop:
+            if STOP.is_set():
+                bar.close()
+                raise Stopped(f"{exp.name} stopped at step {self.step} of {stop}")
             if deadline is not None and distributed.broadcast(time.time() >= deadline):  # rank 0's clock decides
                 self.stopped_at_deadline = True
                 break
