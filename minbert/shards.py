@@ -141,7 +141,8 @@ def require_finished(runs: list[PlannedRun], what: str):
     if lines:
         raise IncompleteSweep(f"{what}: {len(lines)} of {len(runs)} runs are not finished, so no report is "
                               f"written (a part would read as the whole): {'; '.join(lines)}. Run the shards "
-                              f"that train them (run k belongs to shard k mod N), then --report again")
+                              f"that train them (run k belongs to shard k mod N), then --report again (on SLURM: "
+                              f"tools/slurm/submit.sh with the same flags does both)")
 
 
 # ---------------------------------------------------------------- the sweep's folder

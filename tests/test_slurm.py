@@ -38,7 +38,8 @@ def cluster(tmp_path_factory):
 
 
 def submit(env, logs: Path, *flags) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SLURM / "submit.sh"), "--max_tasks", "2", "--logs", str(logs), *flags],
+    return subprocess.run([str(SLURM / "submit.sh"), "--max_tasks", "2", "--cpus_per_task", "1", "--logs", str(logs),
+                           *flags],
                           cwd=REPO, env=env, capture_output=True, text=True)
 
 
@@ -111,7 +112,6 @@ def test_a_cancelled_task_stops_cleanly_and_the_report_job_names_the_runs_not_fi
     assert claims == [], "the cancelled task must release its claim (shards.train_shard on SIGTERM)"
     assert code == "1:0" and "runs are not finished, so no report is written" in report, report
     assert f"run 1 {names[1]} (unfinished)" in report and f"run 3 {names[3]} (missing)" in report, report
-    assert not (out / "grid.json").exists()
 
 
 def test_the_same_command_again_ends_with_the_full_report(cancelled_then_resubmitted):
