@@ -39,8 +39,11 @@ if ! listed=$("$py" train_multitask.py "$@" --list_runs); then
 fi
 runs=$(grep -c '^run ' <<<"$listed")
 tasks=$(( runs < max_tasks ? runs : max_tasks ))
-echo "sweep: $runs runs; array of $tasks tasks, $(( (runs + tasks - 1) / tasks )) run(s) a task at most" \
-     "(task I trains runs I, I+$tasks, ...; one task a run up to --max_tasks $max_tasks)"
+per=$(( runs / tasks ))
+if (( runs % tasks )); then each="$per or $(( per + 1 )) runs each"; elif (( per > 1 )); then each="$per runs each"
+else each="one run each"; fi
+echo "sweep: $runs runs; a job array of $tasks tasks, $each (one task a run, at most --max_tasks $max_tasks;" \
+     "task I trains runs I, I+$tasks, ...)"
 
 mkdir -p "$logs"
 array=$(sbatch --parsable --array="0-$((tasks - 1))${at_once:+%$at_once}" ${cpus:+--cpus-per-task=$cpus} \
