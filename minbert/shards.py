@@ -322,6 +322,11 @@ class Claim:
         self.release()
 
 
+def resumes_from(run: PlannedRun) -> str:
+    kept = checkpoints(run.dir)
+    return f"from {kept[-1].name}" if kept else "from its start"
+
+
 class ShardStopped(SystemExit):
     """A shard stopped by a signal, its claim released: the process exits with 128 + the
     signal's number, as a shell reports a process that the signal ended."""
@@ -358,8 +363,8 @@ def train_shard(runs: list[PlannedRun], shard: tuple[int, int], timeout: float, 
                 elif status(run) != "finished":  # it may have finished between the two looks
                     train(run)
     except Stopped as e:
-        left = [f"run {j} {runs[j].name} ({f'from {c[-1].name}' if (c := checkpoints(runs[j].dir)) else 'from its start'})"
-                for j in range(i, len(runs), n) if status(runs[j]) != "finished"]
+        left = [f"run {j} {runs[j].name} ({resumes_from(runs[j])})" for j in range(i, len(runs), n)
+                if status(runs[j]) != "finished"]
         print(f"shard {i}/{n} stopped by {signal.Signals(received[0]).name} ({e}); its claim is released. "
               f"Not finished: {', '.join(left) or 'none'}; the same command resumes them", file=sys.stderr, flush=True)
         raise ShardStopped(128 + received[0]) from None
