@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 
 import train_multitask
 from conftest import SHARED
-from minbert.experiments import preset
 from minbert.build import checkpoints
+from minbert.experiments import preset
 from minbert.shards import Claim, process_space, read_claim, sweep_command
 from minbert.trainer import Trainer
 

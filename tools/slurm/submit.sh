@@ -32,12 +32,18 @@ py=${MINBERT_PYTHON:-.venv/bin/python}
 [[ -x $py ]] || fail "no $py: run make setup and make data first (or set MINBERT_PYTHON)"
 command -v sbatch >/dev/null || fail "sbatch is not on the PATH (no SLURM here)"
 here=$(dirname "$0")
+for word in "$@"; do
+    case $word in
+        --shard | --shard=* | --jobs | --jobs=* | --report)
+            fail "leave out $word: each task of the array gets its --shard, and the report is a job after them" ;;
+    esac
+done
 
 if ! listed=$("$py" train_multitask.py "$@" --list_runs); then
     echo "nothing was queued: the sweep's flags were refused (above)" >&2
     exit 2
 fi
-runs=$(grep -c '^run ' <<<"$listed")
+runs=$(grep -c '^run ' <<<"$listed") || fail "train_multitask.py --list_runs listed no runs"
 tasks=$(( runs < max_tasks ? runs : max_tasks ))
 per=$(( runs / tasks ))
 if (( runs % tasks )); then each="$per or $(( per + 1 )) runs each"; elif (( per > 1 )); then each="$per runs each"
