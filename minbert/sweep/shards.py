@@ -38,9 +38,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from minbert.build import checkpoints
-from minbert.checkpoint import config_differences, record_model
 from minbert.experiments import Experiment
+from minbert.run.build import checkpoints
+from minbert.run.folder import config_differences, record_model
 from minbert.trainer import STOP, Stopped
 
 CLAIM = "claim"
