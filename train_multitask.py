@@ -42,6 +42,7 @@ from minbert.sweep.shards import (
     IncompleteSweep,
     PlannedRun,
     check_runs,
+    files_written,
     parse_shard,
     require_finished,
     train_shard,
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("--report", action="store_true",
                       help="with the sweep's flags: train nothing, write the sweep's report from its run folders "
                            "(refused, naming them, while any run is not finished)")
+    many.add_argument("--list_runs", action="store_true",
+                      help="with the sweep's flags: check them, the model, the data and --out, print the run list "
+                           "('run K NAME', one a line) and train nothing (tools/slurm/submit.sh sizes its array so)")
     many.add_argument("--claim_timeout", type=float, default=CLAIM_TIMEOUT, metavar="SECONDS",
                       help="a run's claim untouched this long is a dead process's: another may take the run over; "
                            f"default {CLAIM_TIMEOUT:g}")
@@ -268,19 +272,19 @@ def side_by_side(args, names: list[str]) -> int:
             print(json.dumps(exp.to_dict(), indent=2))
             continue
         runs.append(PlannedRun(name, dataclasses.replace(exp, output_dir=str(runs_dir / name))))
-        if args.report:
-            continue
-        resolve_model_dir(exp.model)  # what would stop every preset is said once, before any starts
-        for t in exp.tasks:
-            for path in (split_path(t, exp.data_dir, "train"), split_path(t, exp.data_dir, "dev")):
-                if not path.exists():
-                    raise not_found(t, path)
+        if not args.report:
+            check_inputs(exp)  # what would stop every preset is said once, before any starts
     if args.print_config:
+        return 0
+    if args.list_runs:
+        check_runs(runs)
+        print("\n".join(f"run {k} {run.name}" for k, run in enumerate(runs)))
         return 0
     table = Path(args.out or runs_dir / "cs224n_table.md")
     if args.report:  # the table the side-by-side command writes, once every preset is finished
         require_finished(runs, f"the table of {runs_dir} (--table {runs_dir} writes the finished rows alone)")
-        write_table(runs_dir, table)
+        _, wrote = files_written(table.parent, lambda: write_table(runs_dir, table))
+        print(f"report of {len(runs)} runs: wrote {', '.join(map(str, wrote))}")
         return 0
     if args.shard:
         check_runs(runs)
@@ -289,6 +293,15 @@ def side_by_side(args, names: list[str]) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Experiment)
                  if getattr(args, f.name) is not None and f.name != "output_dir"}
     return run_side_by_side(names, overrides, min(args.jobs or len(names), len(names)), runs_dir, table)
+
+
+def check_inputs(exp: Experiment):
+    """The model and the data files a run reads: missing, they would stop it at its start."""
+    resolve_model_dir(exp.model)
+    for t in exp.tasks:
+        for path in (split_path(t, exp.data_dir, "train"), split_path(t, exp.data_dir, "dev")):
+            if not path.exists():
+                raise not_found(t, path)
 
 
 def plan(args, exp: Experiment):
@@ -306,7 +319,11 @@ def many_runs(args, exp: Experiment, argv: list[str]) -> int:
     """A sweep: one shard of it, all of it here (shard 0/1 then the report), K shards side by
     side then the report (--jobs), or the report alone (--report)."""
     sweep = plan(args, exp)
-    if args.report:
+    if args.list_runs:  # what a job array will train, checked before it is queued (tools/slurm/submit.sh)
+        sweep.check(write=False)
+        check_inputs(exp)
+        print("\n".join(f"run {k} {run.name}" for k, run in enumerate(sweep.runs)))
+    elif args.report:
         sweep.report()
     elif args.jobs:
         sweep.check()  # before any process starts
@@ -340,6 +357,8 @@ def check_flags(args):
         raise ValueError(f"--claim_timeout must be > 0 seconds, got {args.claim_timeout}")
     if args.shard and (args.jobs or args.report):
         raise ValueError("--shard is one process's part of the sweep: leave out --jobs and --report")
+    if args.list_runs and (args.shard or args.jobs or args.report):
+        raise ValueError("--list_runs lists the whole sweep: leave out --shard, --jobs and --report")
     if several_presets(args):
         return
     if args.jobs and not sweep:
@@ -347,9 +366,9 @@ def check_flags(args):
                          "(--seeds, --sweep, --grid)")
     if args.jobs < 0 or (args.jobs and args.report):
         raise ValueError(f"--jobs K runs K shards of the sweep, K >= 1 (got {args.jobs}), and not with --report")
-    if (args.shard or args.report) and not sweep:
-        raise ValueError("--shard and --report are for a sweep (--seeds, --sweep, --grid) or several presets "
-                         "(--preset a,b,c or --preset all)")
+    if (args.shard or args.report or args.list_runs) and not sweep:
+        raise ValueError("--shard, --report and --list_runs are for a sweep (--seeds, --sweep, --grid) or several "
+                         "presets (--preset a,b,c or --preset all)")
     if args.grid:
         parse_grid(args.grid)
     if sum(bool(x) for x in (args.seeds, args.sweep, args.grid)) > 1:
@@ -368,7 +387,7 @@ def dispatch(args, argv: list[str]) -> int:
         write_table(args.table, args.out or "results/cs224n_table.md")
         return 0
     exp = resolve(args)
-    if distributed.is_main():
+    if distributed.is_main() and not args.list_runs:
         print(json.dumps(exp.to_dict(), indent=2))
     if args.print_config:
         return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 
 import torch
@@ -33,6 +34,14 @@ from minbert.sweep.plots import plot_run
 from minbert.updates import UPDATES
 
 CheckpointError = folder.CheckpointError  # what a caller catches when a run cannot resume
+
+# Set when the process is asked to stop (sweep/shards.py sets it on SIGTERM and SIGINT): the loop ends
+# before its next step, so the checkpoint due at the last step is written and the run resumes from it.
+STOP = threading.Event()
+
+
+class Stopped(BaseException):
+    """Raised by Trainer.train when STOP is set; like KeyboardInterrupt, no `except Exception` takes it."""
 
 
 def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.optim.Optimizer]:
@@ -267,6 +276,9 @@ class Trainer:
         self.cost.start_session()
         bar = Progress(stop, self.step, exp.name, quiet=self.quiet)
         while self.step < stop:
+            if STOP.is_set():
+                bar.close()
+                raise Stopped(f"{exp.name} stopped at step {self.step} of {stop}")
             if past(deadline):
                 self.stopped_at_deadline = True
                 break

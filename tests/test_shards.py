@@ -1,7 +1,8 @@
 """Many runs on many machines (minbert/sweep/shards.py): shards of a sweep run as separate
 processes give the unsharded sweep's runs and report; a claim keeps two processes off one
-run; a killed shard's run is taken over and ends where an uninterrupted one does; a report
-of part of a sweep is refused, naming what is missing.
+run; a killed shard's run is taken over at once (its process is gone from this machine);
+a shard stopped by SIGTERM releases its claim; the run ends where an uninterrupted one
+does; a report of part of a sweep is refused, naming what is missing.
 
 Every process here is the real command line; each costs a torch import (seconds on 2 cores),
 so one fixture starts them all and the tests read what they left.
@@ -11,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +25,8 @@ from safetensors.torch import load_file
 import train_multitask
 from conftest import SHARED
 from minbert.experiments import preset
-from minbert.sweep.shards import Claim, read_claim, sweep_command
+from minbert.run.build import checkpoints
+from minbert.sweep.shards import Claim, process_space, read_claim, sweep_command
 from minbert.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,20 +108,26 @@ def test_a_shard_of_another_sweep_stops_before_any_work_naming_the_fields(grids,
     assert sorted(p.name for p in (sharded / "runs").iterdir()) == before
 
 
-# ---------------------------------------------------------------- a killed shard, and two of one shard
+# ---------------------------------------------------------------- a killed shard, a stopped one, two of one shard
 
 @pytest.fixture(scope="module")
 def killed_and_taken_over(tiny_model, tiny_data, tmp_path_factory):
-    """--seeds 1,2,3 --shard 0/1: killed with SIGKILL inside its first run; --report then; then
-    two processes of the same shard at once (the dead claim is older than --claim_timeout)."""
+    """--seeds 1,2,3 --shard 0/1, with the default --claim_timeout (300 s): killed with SIGKILL
+    inside its first run; --report then; a second process at once, stopped by SIGTERM once it
+    has written a checkpoint of its own; then two processes of the same shard at once."""
     tmp = tmp_path_factory.mktemp("killed")
     flags = command(tiny_model, tiny_data, "--epochs", "5", "--eval_per_epoch", "2", "--seeds", "1,2,3",
-                    "--out", str(tmp / "seeds"), "--claim_timeout", "2")
+                    "--out", str(tmp / "seeds"))
     first = tmp / "seeds" / "seed-1"
-    victim = start([*flags, "--shard", "0/1"], tmp / "victim.log")
-    deadline = time.time() + 120
-    while not list(first.glob("checkpoint-*")) and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+
+    def run_until_checkpoint_after(step: int, log: Path) -> subprocess.Popen:
+        process, deadline = start([*flags, "--shard", "0/1"], log), time.time() + 120
+        while process.poll() is None and time.time() < deadline and \
+                not any(int(c.name.split("-")[1]) > step for c in checkpoints(first)):
+            time.sleep(0.01)
+        return process
+
+    victim = run_until_checkpoint_after(0, tmp / "victim.log")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (first / "all_results.json").exists(), \
@@ -126,25 +135,43 @@ def killed_and_taken_over(tiny_model, tiny_data, tmp_path_factory):
     claim = read_claim(first)
     with contextlib.redirect_stderr(io.StringIO()) as err:
         report = train_multitask.main([*flags, "--report"]), err.getvalue()
-    time.sleep(2)  # the dead claim goes stale
+    killed_at = int(checkpoints(first)[-1].name.split("-")[1])
+    stopped = run_until_checkpoint_after(killed_at, tmp / "stopped.log")  # no wait: the claim's process is gone
+    stopped.send_signal(signal.SIGTERM)
+    stopped_rc = stopped.wait(timeout=120)
+    left = sorted(str(p) for p in (tmp / "seeds").glob("*/claim"))
     heirs = [start([*flags, "--shard", "0/1"], tmp / f"heir{k}.log") for k in range(2)]
     assert [p.wait(timeout=300) for p in heirs] == [0, 0], [(tmp / f"heir{k}.log").read_text()[-2000:] for k in (0, 1)]
     logs = [(tmp / f"heir{k}.log").read_text() for k in range(2)]
-    return tmp / "seeds", claim, victim.pid, report, logs
+    return tmp / "seeds", claim, victim.pid, report, (stopped_rc, (tmp / "stopped.log").read_text(), left), logs
+
+
+def test_a_dead_processs_claim_on_this_machine_is_taken_over_at_once(killed_and_taken_over):
+    *_, (rc, log, _), _ = killed_and_taken_over
+    assert "resumed from" in log.split("seed-2")[0], \
+        f"with --claim_timeout 300 the claim of a killed process on this machine must be taken over at once " \
+        f"(shards.holder_gone): {log[-2000:]}"
+
+
+def test_a_shard_stopped_by_sigterm_releases_its_claim_and_exits_non_zero(killed_and_taken_over):
+    *_, (rc, log, left), _ = killed_and_taken_over
+    assert rc == 128 + signal.SIGTERM, f"exit status {rc}: {log[-2000:]}"
+    assert "shard 0/1 stopped by SIGTERM" in log and "Not finished: run 0 seed-1 (from checkpoint-" in log, log[-2000:]
+    assert left == [], f"claims left behind after SIGTERM: {left} (shards.train_shard must release them)"
 
 
 def test_report_of_a_partial_sweep_names_the_missing_runs(killed_and_taken_over):
-    out, claim, pid, (rc, err), _ = killed_and_taken_over
+    out, claim, pid, (rc, err), *_ = killed_and_taken_over
     assert rc == 1 and claim["pid"] == pid
     assert "3 of 3 runs are not finished, so no report is written" in err
     assert f"run 0 seed-1 (unfinished, claimed by {claim['host']} pid {pid})" in err
     assert "run 1 seed-2 (missing)" in err and "run 2 seed-3 (missing)" in err
 
 
-def test_a_killed_shards_run_is_taken_over_and_ends_as_an_uninterrupted_run(killed_and_taken_over, tiny_model,
+def test_a_killed_then_stopped_shards_run_is_resumed_and_ends_as_an_uninterrupted_run(killed_and_taken_over, tiny_model,
                                                                            tiny_data, tmp_path):
     out, *_, logs = killed_and_taken_over
-    assert sum(log.count("resumed from") for log in logs) == 1, "the killed run must resume from its checkpoint"
+    assert sum(log.count("resumed from") for log in logs) == 1, "the stopped run must resume from its checkpoint"
     exp = preset("glue", model=str(tiny_model), data_dir=str(tiny_data), device="cpu", max_length=32, batch_size=4,
                  max_eval_examples=8, lr=1e-3, epochs=5, eval_per_epoch=2, seed=1, tasks=("mrpc",),
                  name="glue-mrpc", output_dir=str(tmp_path / "straight"))
@@ -152,7 +179,7 @@ def test_a_killed_shards_run_is_taken_over_and_ends_as_an_uninterrupted_run(kill
     Trainer(exp, quiet=True).train()
     for f in ("best/model.safetensors", "checkpoint-60/model.safetensors"):
         a, b = load_file(str(out / "seed-1" / f)), load_file(str(tmp_path / "straight" / f))
-        assert all(torch.equal(a[k], b[k]) for k in a), f"{f}: the taken-over run ends elsewhere than a straight one"
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{f}: the resumed run ends elsewhere than a straight one"
     assert (out / "seeds.md").exists() is False  # shards write no report ...
     assert not (out / "seed-1" / "claim").exists()  # ... and leave no claim behind
 
@@ -179,6 +206,20 @@ def test_a_live_claim_holds_and_a_stale_one_is_taken_over(tmp_path):
     os.utime(tmp_path / "claim", (old, old))
     with Claim(tmp_path, timeout=60) as held:
         assert held and read_claim(tmp_path)["pid"] == os.getpid(), "a claim older than the timeout is taken over"
+
+
+def test_a_claim_whose_process_is_gone_from_this_machine_is_stale_at_once(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    here = {"host": socket.gethostname(), "space": process_space()}
+    for pid, elsewhere, free in ((gone.pid, False, True), (os.getppid(), False, False), (gone.pid, True, False)):
+        claim = {**here, "pid": pid, **({"host": "node7", "space": "node7 pid:[1]"} if elsewhere else {})}
+        (tmp_path / "claim").write_text(json.dumps(claim))
+        with Claim(tmp_path, timeout=300) as held:
+            assert held == free, (f"a fresh claim of pid {pid} {'on another machine' if elsewhere else 'here'}, "
+                                  f"{'gone' if pid == gone.pid else 'alive'}: it must be "
+                                  f"{'taken over at once' if free else 'left to its holder'} (shards.holder_gone)")
+        (tmp_path / "claim").unlink(missing_ok=True)
 
 
 def test_shards_of_several_presets_then_their_table(tiny_model, tiny_data, tmp_path, capsys, one_thread):

@@ -15,14 +15,23 @@ so its age says whether the holder is alive. A claim older than `timeout` (the h
 killed, its machine lost) is taken over: renamed away (one rename of a path wins), then
 created afresh; the run resumes from its latest checkpoint. The timeout must exceed the
 clocks' skew between machines and any pause of a holder (a suspended job): a holder paused
-for longer loses its run. A finished run is skipped without a claim.
+for longer loses its run. A claim made on this machine (same host name and process
+namespace) whose process is gone is stale at once: its pid answers no signal. A finished
+run is skipped without a claim.
+
+Stopping. SIGTERM (scancel, a time limit's warning, preemption) and SIGINT (Ctrl-C) stop a
+shard cleanly: the run ends before its next step (trainer.STOP), so a checkpoint due at the
+current step is written and the last one is kept; the claim is released and the shard exits
+with 128 + the signal's number. A second signal stops at once, still releasing the claim.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minbert.experiments import Experiment
+from minbert.run.build import checkpoints
 from minbert.run.folder import config_differences, record_model
+from minbert.trainer import STOP, Stopped
 
 CLAIM = "claim"
 CLAIM_TIMEOUT = 300.0  # seconds without a heartbeat after which a claim is stale
@@ -130,20 +141,23 @@ def require_finished(runs: list[PlannedRun], what: str):
     if lines:
         raise IncompleteSweep(f"{what}: {len(lines)} of {len(runs)} runs are not finished, so no report is "
                               f"written (a part would read as the whole): {'; '.join(lines)}. Run the shards "
-                              f"that train them (run k belongs to shard k mod N), then --report again")
+                              f"that train them (run k belongs to shard k mod N), then --report again (on SLURM: "
+                              f"tools/slurm/submit.sh with the same flags does both)")
 
 
 # ---------------------------------------------------------------- the sweep's folder
 
-def check_sweep_folder(out: Path, exp: Experiment, spec: dict, runs: list[PlannedRun]):
+def check_sweep_folder(out: Path, exp: Experiment, spec: dict, runs: list[PlannedRun], write: bool = True):
     """Before any work: `out` must hold this sweep or none. Its config.json (the sweep's
     experiment) and sweep.json (`spec`: what kind of sweep, its shape, its run list) are
-    written by the first process and compared by every later one, as run folders are; every
-    run folder already there is compared with its planned experiment too."""
+    written by the first process (unless not `write`) and compared by every later one, as run
+    folders are; every run folder already there is compared with its planned experiment too."""
     differ = [f"{k}: {v}" for k, v in spec_differences(out, spec)] + config_differences(out, exp)
     if differ:
         raise ValueError(f"{out} holds another sweep ({'; '.join(differ)}); use another --out for this one")
     check_runs(runs)
+    if not write:
+        return
     out.mkdir(parents=True, exist_ok=True)
     for name, content in (("config.json", exp.to_dict()), ("sweep.json", spec)):
         write_once(out / name, json.dumps(content, indent=2) + "\n")
@@ -167,6 +181,16 @@ def spec_differences(out: Path, spec: dict) -> list[tuple[str, str]]:
     return [(k, f"{old.get(k)!r} -> {new[k]!r}") for k in new if old.get(k) != new[k]]
 
 
+def files_written(folder: Path, write) -> tuple[object, list[Path]]:
+    """Call write(); return what it returns and the files directly in `folder` it created or changed."""
+    def files():
+        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()} \
+            if folder.is_dir() else {}
+    before = files()
+    result = write()
+    return result, sorted(p for p, stamp in files().items() if before.get(p) != stamp)
+
+
 def write_once(path: Path, text: str):
     """Write `path` unless it exists; of several processes at once, one writes, whole (a
     temporary file, then link, which fails where the name exists)."""
@@ -184,11 +208,33 @@ def write_once(path: Path, text: str):
 
 # ---------------------------------------------------------------- claims
 
-def read_claim(run_dir: Path) -> dict | None:
+def read_claim(run_dir: Path, name: str = CLAIM) -> dict | None:
     try:
-        return json.loads((run_dir / CLAIM).read_text())
+        return json.loads((run_dir / name).read_text())
     except (OSError, ValueError):
         return None
+
+
+def process_space() -> str:
+    """This machine and its process namespace: a pid names the same process only within one
+    (two containers may share a host name but not their processes)."""
+    try:
+        return f"{socket.gethostname()} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:  # no /proc: the host name alone
+        return socket.gethostname()
+
+
+def holder_gone(claim: dict | None) -> bool:
+    """The claim was made in this process space and its process no longer exists."""
+    if not claim or claim.get("space") != process_space() or not isinstance(claim.get("pid"), int):
+        return False
+    try:
+        os.kill(claim["pid"], 0)  # signal 0: is there such a process? nothing is sent
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, another user's
+        return False
+    return False
 
 
 class Claim:
@@ -210,9 +256,13 @@ class Claim:
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "space": process_space(), "token": self.token,
                        "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}, f)
         return True
+
+    def stale(self, path: Path) -> bool:
+        """Untouched for `timeout` seconds, or its process is gone from this machine."""
+        return self.age(path) >= self.timeout or holder_gone(read_claim(path.parent, path.name))
 
     def take_over(self) -> bool:
         """A stale claim: rename it away (of several processes, one rename wins), then create ours."""
@@ -221,7 +271,7 @@ class Claim:
             os.rename(self.path, moved)
         except FileNotFoundError:  # another process moved it first
             return self.create()
-        if self.age(moved) < self.timeout:  # a fresh claim made after our look: give it back
+        if not self.stale(moved):  # a live claim made after our look: give it back
             try:
                 os.link(moved, self.path)
             except FileExistsError:
@@ -235,7 +285,7 @@ class Claim:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.create():
             try:
-                if self.age(self.path) < self.timeout or not self.take_over():
+                if not self.stale(self.path) or not self.take_over():
                     return False
             except FileNotFoundError:  # released between our two looks
                 if not self.create():
@@ -272,22 +322,54 @@ class Claim:
         self.release()
 
 
+def resumes_from(run: PlannedRun) -> str:
+    kept = checkpoints(run.dir)
+    return f"from {kept[-1].name}" if kept else "from its start"
+
+
+class ShardStopped(SystemExit):
+    """A shard stopped by a signal, its claim released: the process exits with 128 + the
+    signal's number, as a shell reports a process that the signal ended."""
+
+
 def train_shard(runs: list[PlannedRun], shard: tuple[int, int], timeout: float, train) -> list[str]:
     """Runs I, I+N, ... of `runs` through train(run), each under its claim; finished runs and
-    runs another live process holds are skipped. Returns what was skipped, and why."""
+    runs another live process holds are skipped. Returns what was skipped, and why. On SIGTERM
+    or SIGINT the run in training stops before its next step and ShardStopped is raised."""
     i, n = shard
-    skipped = []
-    for k in range(i, len(runs), n):
-        run = runs[k]
-        if status(run) == "finished":
-            print(f"run {k} {run.name}: finished, skipped", flush=True)
-            continue
-        with Claim(run.dir, timeout) as held:
-            if not held:
-                holder = read_claim(run.dir) or {}
-                skipped.append(f"run {k} {run.name} (claimed by {holder.get('host')} pid {holder.get('pid')})")
-                print(f"run {k} {run.name}: claimed by {holder.get('host')} pid {holder.get('pid')} since "
-                      f"{holder.get('since')}, skipped", flush=True)
-            elif status(run) != "finished":  # it may have finished between the two looks
-                train(run)
+    skipped, received = [], []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        if STOP.is_set():  # the second: stop now (the claim is still released on the way out)
+            raise Stopped(f"a second {signal.Signals(signum).name}")
+        STOP.set()  # the first: the training loop stops before its next step
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for k in range(i, len(runs), n):
+            run = runs[k]
+            if STOP.is_set():
+                raise Stopped(f"before run {k} {run.name}")
+            if status(run) == "finished":
+                print(f"run {k} {run.name}: finished, skipped", flush=True)
+                continue
+            with Claim(run.dir, timeout) as held:
+                if not held:
+                    holder = read_claim(run.dir) or {}
+                    skipped.append(f"run {k} {run.name} (claimed by {holder.get('host')} pid {holder.get('pid')})")
+                    print(f"run {k} {run.name}: claimed by {holder.get('host')} pid {holder.get('pid')} since "
+                          f"{holder.get('since')}, skipped", flush=True)
+                elif status(run) != "finished":  # it may have finished between the two looks
+                    train(run)
+    except Stopped as e:
+        left = [f"run {j} {runs[j].name} ({resumes_from(runs[j])})" for j in range(i, len(runs), n)
+                if status(runs[j]) != "finished"]
+        print(f"shard {i}/{n} stopped by {signal.Signals(received[0]).name} ({e}); its claim is released. "
+              f"Not finished: {', '.join(left) or 'none'}; the same command resumes them", file=sys.stderr, flush=True)
+        raise ShardStopped(128 + received[0]) from None
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        STOP.clear()
     return skipped

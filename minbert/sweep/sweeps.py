@@ -33,6 +33,7 @@ from minbert.sweep.shards import (
     CLAIM_TIMEOUT,
     PlannedRun,
     check_sweep_folder,
+    files_written,
     require_finished,
     sweep_command,
     total_steps,
@@ -55,9 +56,9 @@ class Sweep:
     runs: list[PlannedRun]
     write_report: Callable[[], object]
 
-    def check(self):
+    def check(self, write: bool = True):
         """Before any work: the folder holds this sweep or none (shards.check_sweep_folder)."""
-        check_sweep_folder(self.out, self.exp, self.spec, self.runs)
+        check_sweep_folder(self.out, self.exp, self.spec, self.runs, write)
 
     def train(self, shard: tuple[int, int] = (0, 1), timeout: float = CLAIM_TIMEOUT) -> list[str]:
         """This shard's runs (shards.train_shard); returns those skipped as another process's."""
@@ -67,7 +68,9 @@ class Sweep:
     def report(self):
         """The report, once every run is finished; otherwise an error naming the others."""
         require_finished(self.runs, f"{self.spec['kind']} in {self.out}")
-        return self.write_report()
+        result, wrote = files_written(self.out, self.write_report)
+        print(f"report of {len(self.runs)} runs: wrote {', '.join(map(str, wrote))}", flush=True)
+        return result
 
 
 def train_run(run: PlannedRun):
