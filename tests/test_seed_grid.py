@@ -6,8 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from minbert.sweep.seed_grid import (SeedGrid, score_at, seed_stats, stop_early, variance_decomposition,
-                                      write_grid_report)
+from minbert.sweep.seed_grid import (
+    SeedGrid,
+    score_at,
+    seed_stats,
+    stop_early,
+    variance_decomposition,
+    write_grid_report,
+)
 from minbert.sweep.seeds import expected_max
 
 
