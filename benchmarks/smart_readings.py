@@ -3,7 +3,7 @@ the regulariser's size per task at the paper's values, what bf16 autocast does t
 and to the Bregman term, and what running SMART's passes in float32 under autocast costs.
 
     python benchmarks/smart_readings.py --threads 1 --batches 3 --json docs/benchmarks/smart-readings-cpu.json
-    git show 769a6fc:minbert/smart.py > /tmp/smart_769a6fc.py    # the form before issue 24, measured beside:
+    git show 769a6fc:minbert/smart.py > /tmp/smart_769a6fc.py    # the form before smart-pytorch's step, measured beside:
     python benchmarks/smart_readings.py --threads 1 --batches 3 --also /tmp/smart_769a6fc.py --no_timing
 
 R is smart_regularizer(...) at lambda-free paper values (sigma = eps = 1e-5, eta = 1e-3, one

@@ -28,8 +28,8 @@ OUTPUTS = ("docs/benchmarks/", "results/")
 UNITS = r"(?:ms/update|ms/step|ms|tokens/s|steps/s|updates/s|examples/s|s|sec|seconds?|min|minutes?|h|hours?|%|[KMG]i?B)"
 NUMBER = r"(?<![\w.,-])(?:\d[\d,]*\d|\d)(?:\.\d+)?"
 FIGURE = re.compile(rf"{NUMBER}(?:\s?{UNITS}|x)(?![\w/])")  # a ratio is written 1.08x
-COMMITS = re.compile(r"\bcommits?\b[^.\n]{0,40}", re.I)
-HEX = re.compile(r"(?<![\w/])([0-9a-f]{7,40})(?![\w/])")
+COMMITS = re.compile(r"\bcommits?\b[^.\n]{0,60}", re.I)
+HEX = re.compile(r"(?<![\w-])([0-9a-f]{7,40})(?![\w-])")
 PATH = re.compile(r"[\w./-]*(?:benchmarks|results)/[\w./+-]*")
 
 

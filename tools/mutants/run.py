@@ -4,6 +4,7 @@
     python tools/mutants/run.py --only gse-no-surgery,pooling-cls-last
     python tools/mutants/run.py --rev HEAD~3       plant into the files of another commit
     python tools/mutants/run.py --named_only       no fallback to the rest of the suite
+    python tools/mutants/run.py --rest tests/test_training.py,tests/test_sources.py   a smaller fallback
 
 The copy is made from the files git tracks (at --rev, or the working tree's current
 contents); the working tree is never written. For each mutant: the tests named for its idea
@@ -79,7 +80,7 @@ def existing(tree: Path, tests: list[str]) -> list[str]:
     return have
 
 
-def run_one(tree: Path, mutant: dict, named_only: bool, timeout: int) -> dict:
+def run_one(tree: Path, mutant: dict, named_only: bool, timeout: int, rest: list[str]) -> dict:
     path = tree / FILES[mutant["file"]]
     original = path.read_text()
     problem = check(mutant, original)
@@ -98,7 +99,7 @@ def run_one(tree: Path, mutant: dict, named_only: bool, timeout: int) -> dict:
         if named_only:
             return {"name": mutant["name"], "caught_by": None, "named": False, "seconds": time.time() - start,
                     "note": note}
-        rc, out = pytest(tree, [f"--deselect={t}" for t in named], timeout)
+        rc, out = pytest(tree, [*rest, *(f"--deselect={t}" for t in named)], timeout)
         caught = failed_test(out) if rc not in (0, 5) else None
         return {"name": mutant["name"], "caught_by": caught or (f"(pytest exit {rc})" if rc not in (0, 5) else None),
                 "named": False, "seconds": time.time() - start, "note": note}
@@ -128,6 +129,8 @@ def main(argv=None):
     ap.add_argument("--named_only", action="store_true", help="run only the named tests, no fallback")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--rest", default="", help="comma-separated test files to run when the named tests pass "
+                                               "(default: the whole suite)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or m["name"] in args.only.split(",")]
     unknown = set(filter(None, args.only.split(","))) - {m["name"] for m in MUTANTS}
@@ -138,7 +141,7 @@ def main(argv=None):
         tree = Path(tmp)
         copy_tree(tree, args.rev)
         for m in chosen:
-            row = run_one(tree, m, args.named_only, args.timeout)
+            row = run_one(tree, m, args.named_only, args.timeout, [t for t in args.rest.split(",") if t])
             rows.append(row)
             print(f"{row['name']:36s} {row['caught_by'] or 'SURVIVED'} ({row['seconds']:.1f} s)", flush=True)
     print()
