@@ -5,11 +5,11 @@
 #   make check-docs   every figure in README.md and docs/ cites a committed output
 # and two for a GPU day (README, "On a GPU"):
 #   make gpu-bundle   pack the model, the data and the commit into .bundle/ for the device machine
-#   make gpu          the GPU day's programme (python -m minbert.gpu_day); ARGS="--dry_run" on a CPU
+#   make gpu          the GPU day's programme (python -m minbert.gpu.day); ARGS="--dry_run" on a CPU
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# the folder of the default model and the data (minbert/paths.py): $MINBERT_SHARED, else ../shared
+# the folder of the default model and the data (minbert/run/paths.py): $MINBERT_SHARED, else ../shared
 MINBERT_SHARED ?= ../shared
 ARGS   ?=
 
@@ -43,7 +43,7 @@ check-docs: setup
 	$(PY) tools/check_docs.py
 
 gpu:
-	$(GPU_PY) -m minbert.gpu_day $(ARGS)
+	$(GPU_PY) -m minbert.gpu.day $(ARGS)
 
 gpu-bundle:
 	$(MINBERT_SHARED)/tools/device-bundle

@@ -8,7 +8,7 @@ import pytest
 
 import evaluate
 import train_multitask
-from minbert.progress import Progress
+from minbert.run.progress import Progress
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -37,9 +37,9 @@ def test_loss_of_each_task_every_logging_steps(run):
 @pytest.fixture
 def drawn(monkeypatch):
     """Every figure plots.py saves, kept after saving so a test can read what was drawn."""
-    import minbert.plots
-    figures, save = [], minbert.plots._save
-    monkeypatch.setattr(minbert.plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    import minbert.sweep.plots
+    figures, save = [], minbert.sweep.plots._save
+    monkeypatch.setattr(minbert.sweep.plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
     return figures
 
 
@@ -53,7 +53,7 @@ def logged(run, key) -> list:
 
 def test_every_run_writes_curves_png(run):
     """curves.png is the run's final log drawn: plot_run on log.jsonl now draws the same picture."""
-    from minbert.plots import plot_run
+    from minbert.sweep.plots import plot_run
     data = (run / "curves.png").read_bytes()
     assert data.startswith(PNG) and len(data) > 10_000
     again = plot_run(run, run.parent / "again.png").read_bytes()
@@ -100,7 +100,7 @@ class FakeClock:
 
 def test_progress_in_a_file_is_a_line_every_so_many_seconds(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr("minbert.progress.time.time", clock)
+    monkeypatch.setattr("minbert.run.progress.time.time", clock)
     stream = io.StringIO()  # not a terminal: no carriage-return bar
     bar = Progress(100, 0, "gse", every=30.0, stream=stream)
     for step in range(100):

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from minbert.experiments import PRESETS
-from minbert.plots import follows_paper, plot_curves, plot_run, plot_table, read_log, table_run
+from minbert.sweep.plots import follows_paper, plot_curves, plot_run, plot_table, read_log, table_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -51,9 +51,9 @@ def assert_png(path, min_kb=15):
 @pytest.fixture
 def drawn(monkeypatch):
     """Every figure plots.py saves, kept after saving so a test can read what was drawn."""
-    import minbert.plots
-    figures, save = [], minbert.plots._save
-    monkeypatch.setattr(minbert.plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    import minbert.sweep.plots
+    figures, save = [], minbert.sweep.plots._save
+    monkeypatch.setattr(minbert.sweep.plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
     return figures
 
 

@@ -1,4 +1,4 @@
-"""The run folder (minbert/checkpoint.py): the same command on a finished run leaves it
+"""The run folder (minbert/run/folder.py): the same command on a finished run leaves it
 alone, another configuration into a folder holding a run stops before any work naming the
 fields that differ, --overwrite_output_dir starts afresh, config.json is never rewritten;
 evaluate.py scores whole dev sets unless told otherwise, says when it did not, and reads
@@ -13,10 +13,10 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import evaluate
-import minbert.build
+import minbert.run.build
 import train_multitask
 from conftest import tiny_experiment
-from minbert.checkpoint import MODEL_RECORD, RunFolderError
+from minbert.run.folder import MODEL_RECORD, RunFolderError
 from minbert.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,8 +84,8 @@ def test_startup_line_gives_the_steps_this_run_takes(tiny_model, tiny_data, tmp_
 
 def test_evaluate_scores_whole_dev_sets_by_default(finished, tiny_data, monkeypatch):
     read = []
-    real = minbert.build.read_split
-    monkeypatch.setattr(minbert.build, "read_split", lambda t, d, split, **kw: read.append(split) or real(t, d, split, **kw))
+    real = minbert.run.build.read_split
+    monkeypatch.setattr(minbert.run.build, "read_split", lambda t, d, split, **kw: read.append(split) or real(t, d, split, **kw))
     assert evaluate.main([str(finished), "--device", "cpu", "--splits", "dev"]) == 0
     results = json.loads((finished / "evaluate_results.json").read_text())
     assert "dev_subset" not in results  # the training run scored 8 dev examples; evaluate scores all 16
@@ -100,7 +100,7 @@ def test_evaluate_scores_whole_dev_sets_by_default(finished, tiny_data, monkeypa
 
 
 def test_evaluate_imports_no_training_machinery():
-    code = ("import sys, evaluate; bad = [m for m in ('minbert.trainer', 'minbert.checkpoint', 'minbert.sweeps', "
+    code = ("import sys, evaluate; bad = [m for m in ('minbert.trainer', 'minbert.run.folder', 'minbert.sweep.sweeps', "
             "'minbert.pcgrad') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
@@ -148,12 +148,12 @@ def fail_on(call: int, error: Exception):
 def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(tiny_model, tiny_data, tmp_path,
                                                                               monkeypatch, capsys):
     import errno
-    import minbert.checkpoint
+    import minbert.run.folder
     out = tmp_path / "run"
     first = argv(tiny_model, tiny_data, out, "--max_steps", "2")
     assert train_multitask.main(first) == 0
     good = snapshot(out / "checkpoint-2")
-    monkeypatch.setattr(minbert.checkpoint.torch, "save", fail_on(1, OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(minbert.run.folder.torch, "save", fail_on(1, OSError(errno.ENOSPC, "No space left on device")))
     capsys.readouterr()
     assert train_multitask.main(argv(tiny_model, tiny_data, out, "--max_steps", "4")) == 2
     err = capsys.readouterr().err
@@ -171,13 +171,13 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(t
 
 
 def test_a_failed_write_of_best_is_one_error_naming_it(tiny_model, tiny_data, tmp_path, monkeypatch):
-    import minbert.checkpoint
+    import minbert.run.folder
     out = tmp_path / "run"
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(minbert.checkpoint, "save_file", refuse)
-    with pytest.raises(minbert.checkpoint.CheckpointWriteError, match=r"best/model.safetensors.*Permission denied.*"
+    monkeypatch.setattr(minbert.run.folder, "save_file", refuse)
+    with pytest.raises(minbert.run.folder.CheckpointWriteError, match=r"best/model.safetensors.*Permission denied.*"
                                                                      r"--no-save_checkpoints.*--output_dir"):
         Trainer(tiny_experiment("multitask", tiny_model, tiny_data, out, max_steps=2), quiet=True).train()
     assert not list((out / "best").glob(".*.tmp")), "the partial best/ file should be removed"
@@ -268,7 +268,7 @@ def test_a_smart_run_from_before_the_readings_is_not_resumed_with_another_ascent
                                                                                  capsys):
     """Its config.json has no smart_reading: its ascent was the removed form, so resuming it with the
     library reading would silently change what the run computes."""
-    from minbert.checkpoint import config_differences
+    from minbert.run.folder import config_differences
     exp = tiny_experiment("smart", tiny_model, tiny_data, tmp_path)
     old = exp.to_dict()
     del old["smart_reading"]
