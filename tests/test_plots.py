@@ -173,7 +173,7 @@ def test_table_figure_of_every_preset(tmp_path, drawn):
     ax = drawn[0].axes[0]
     drawn_runs = lines(ax)
     for run in runs:
-        label = next(l for l in drawn_runs if l.split("  ")[0] == run["preset"])
+        label = next(name for name in drawn_runs if name.split("  ")[0] == run["preset"])
         assert drawn_runs[label] == series(run["history"], "eval_overall"), f"{run['preset']}: its overall score"
         assert ("(paper" in label) == run["paper_protocol"], f"{label}: the paper's number only beside a 10-epoch run"
     stars = [line for line in ax.get_lines() if line.get_marker() == "*"]

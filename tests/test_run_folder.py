@@ -148,6 +148,7 @@ def fail_on(call: int, error: Exception):
 def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(tiny_model, tiny_data, tmp_path,
                                                                               monkeypatch, capsys):
     import errno
+
     import minbert.run.folder
     out = tmp_path / "run"
     first = argv(tiny_model, tiny_data, out, "--max_steps", "2")

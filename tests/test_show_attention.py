@@ -27,6 +27,7 @@ def test_command_writes_a_png_for_a_sentence_pair(tiny_model, tmp_path):
 def test_one_head_of_one_sentence(tiny_model, tmp_path, monkeypatch):
     """The panel drawn is the model's own attention probabilities for that layer and head."""
     import torch
+
     from minbert import BertModel, BertTokenizer
     images = []
     real_imshow = show_attention.Figure.subplots

@@ -97,7 +97,8 @@ def test_separate_update_steps_once_per_task_on_its_own_loss(tiny_model, tiny_da
         f"update='separate' (the baseline) took {len(steps)} optimizer steps for {len(tasks)} tasks: " \
         f"it steps once per task, one task after another"
     for k, (task, step) in enumerate(zip(tasks, steps)):
-        loss_k = lambda t=task: [trainer.task_loss(t, batches[t])]
+        def loss_k(t=task):
+            return [trainer.task_loss(t, batches[t])]
         expected = grads_by_hand(trainer, step["weights"], loss_k)[0]
         assert_grads(step["grads"], expected, f"update='separate', step {k + 1} (task {task}): "
                                               f"a step on this task's loss alone, at the weights the earlier tasks left")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ("docs/benchmarks/", "results/")
-UNITS = r"(?:ms/update|ms/step|ms|tokens/s|steps/s|updates/s|examples/s|s|sec|seconds?|min|minutes?|h|hours?|%|[KMG]i?B)"
+UNITS = (r"(?:ms/update|ms/step|ms|tokens/s|steps/s|updates/s|examples/s|s|sec|seconds?|min|minutes?|h|hours?"
+         r"|%|[KMG]i?B)")
 NUMBER = r"(?<![\w.,-])(?:\d[\d,]*\d|\d)(?:\.\d+)?"
 FIGURE = re.compile(rf"{NUMBER}(?:\s?{UNITS}|x)(?![\w/])")  # a ratio is written 1.08x
 COMMITS = re.compile(r"\bcommits?\b[^.\n]{0,60}", re.I)

@@ -114,8 +114,10 @@ MUTANTS = [
       'return dict(update="gse", pcgrad_reduction="sum", **kw)',
       "the GSE presets take the mean of the projected gradients",
       "tests/test_updates.py::test_each_preset_takes_its_update"),
-    # ---------------------------------------------------------------- the update kinds (updates.py, Trainer.optimizer_step)
-    m("pcgrad-update-no-surgery", "updates", "trainer.optimizer_step(losses, pcgrad=True)", "trainer.optimizer_step(losses)",
+    # ---------------------------------------------------------------- the update kinds
+    # (updates.py and Trainer.optimizer_step)
+    m("pcgrad-update-no-surgery", "updates", "trainer.optimizer_step(losses, pcgrad=True)",
+      "trainer.optimizer_step(losses)",
       "update='pcgrad' projects the task gradients",
       "tests/test_updates.py::test_pcgrad_update_steps_on_the_projected_task_gradients"),
     m("separate-update-sums", "updates", "        trainer.optimizer_step({task: losses[task]})\n",
@@ -152,7 +154,8 @@ MUTANTS = [
       "cos-2d1-mean pools by the mean",
       "tests/test_updates.py::test_each_preset_takes_its_update"),
     # ---------------------------------------------------------------- SMART
-    m("smart-noise-not-scaled", "smart", "torch.randn_like(e) * sigma for e in embeds", "torch.randn_like(e) for e in embeds",
+    m("smart-noise-not-scaled", "smart", "torch.randn_like(e) * sigma for e in embeds",
+      "torch.randn_like(e) for e in embeds",
       "SMART's starting noise is N(0, sigma^2)",
       "tests/test_smart.py::test_smart_noise_is_gaussian_with_std_sigma"),
     m("smart-ascent-downhill", "smart", "step = nu + eta * g", "step = nu - eta * g",

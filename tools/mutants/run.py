@@ -35,7 +35,8 @@ from mutants import FILES, MUTANTS  # noqa: E402
 def check(mutant: dict, text: str) -> str | None:
     """None when the snippet occurs exactly once in `text`, else what is wrong."""
     n = text.count(mutant["old"])
-    return None if n == 1 else f"{mutant['name']}: snippet {mutant['old']!r} occurs {n} times in {FILES[mutant['file']]}"
+    where = FILES[mutant["file"]]
+    return None if n == 1 else f"{mutant['name']}: snippet {mutant['old']!r} occurs {n} times in {where}"
 
 
 def copy_tree(dest: Path, rev: str | None):
