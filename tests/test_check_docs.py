@@ -47,3 +47,17 @@ def test_a_commit_not_in_history_is_named(tmp_path):
 
 def test_the_benchmarks_page_cites_an_output_for_every_figure():
     assert check_docs.check_file(ROOT / "docs" / "BENCHMARKS.md") == []
+
+
+def test_a_section_naming_other_commits_than_its_outputs_record_is_named(tmp_path, monkeypatch):
+    out = tmp_path / "docs" / "benchmarks" / "run"
+    out.mkdir(parents=True)
+    (out / "result.json").write_text('{"commit": "feed123", "ms": 4}')
+    monkeypatch.setattr(check_docs, "ROOT", tmp_path)
+    known = {"docs/benchmarks/run/result.json", "docs/benchmarks/run/", "docs/benchmarks/"}
+    md = tmp_path / "page.md"
+    md.write_text("# Speed\n\nAt commit abc1234: 4 ms (docs/benchmarks/run/result.json).\n")
+    found = check_docs.check_file(md, known, lambda c: True)
+    assert found == ["page.md:3: the section names commit(s) abc1234 but the outputs it cites record feed123"]
+    md.write_text("# Speed\n\nAt commit feed123: 4 ms (docs/benchmarks/run/result.json).\n")
+    assert check_docs.check_file(md, known, lambda c: True) == []

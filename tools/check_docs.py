@@ -13,7 +13,9 @@ How it decides:
   level) names a file or folder under docs/benchmarks/ or results/ that git tracks, as a
   path from the repository root or as a link relative to the Markdown file.
 - Every commit the text names (a 7-40 digit hex word after "commit" or "commits", as in
-  "commit 1a2b3c4" or "commits 1a2b3c4/5d6e7f8") must be in the repository's history.
+  "commit 1a2b3c4" or "commits 1a2b3c4/5d6e7f8") must be in the repository's history, and
+  where a section names commits and the outputs it cites record theirs (`"commit": "..."` in
+  a JSON file, `commit: ...` in a text one), at least one named commit must be among those.
 Exit status 1, with one line per problem (file:line: what), when any is found.
 """
 from __future__ import annotations
@@ -84,6 +86,21 @@ def cited(section: list[tuple[int, str]], md: Path, known: set[str]) -> list[str
     return found
 
 
+RECORDED = re.compile(r"""["']?commit["']?\s*[:=]\s*["']?([0-9a-f]{7,40})""")
+
+
+def recorded_commits(outputs: list[str], known: set[str]) -> set[str]:
+    """The commits the cited output files (or the files of cited folders) record."""
+    files = {f for c in outputs for f in known  # a cited folder: the files directly in it
+             if f == c or (c.endswith("/") and f.startswith(c) and "/" not in f[len(c):])}
+    found = set()
+    for f in files:
+        path = ROOT / f
+        if path.is_file() and path.suffix in (".json", ".txt", ".md", ".jsonl"):
+            found |= set(RECORDED.findall(path.read_text(encoding="utf-8", errors="replace")))
+    return found
+
+
 def check_file(md: Path, known: set[str] | None = None, history=in_history) -> list[str]:
     known = tracked() if known is None else known
     rel = md.resolve().relative_to(ROOT).as_posix() if md.resolve().is_relative_to(ROOT) else str(md)
@@ -103,11 +120,19 @@ def check_file(md: Path, known: set[str] | None = None, history=in_history) -> l
             shown = ", ".join(f"{f!r} (line {n})" for n, f in figures[:4]) + (" ..." if len(figures) > 4 else "")
             problems.append(f"{rel}:{figures[0][0]}: {len(figures)} figure(s) cite no committed output: {shown}; "
                             f"name the file under {' or '.join(OUTPUTS)} they come from in this section")
+        named = []
         for n, line in section:
             for m in COMMITS.finditer(line):
                 for commit in HEX.findall(m.group(0)):
-                    if any(c.isdigit() for c in commit) and not history(commit):
+                    if not any(c.isdigit() for c in commit):
+                        continue
+                    named.append((n, commit))
+                    if not history(commit):
                         problems.append(f"{rel}:{n}: commit {commit} is not in this repository's history")
+        recorded = recorded_commits(cited(section, md, known), known) if named else set()
+        if recorded and not any(a.startswith(b) or b.startswith(a) for _, a in named for b in recorded):
+            problems.append(f"{rel}:{named[0][0]}: the section names commit(s) {', '.join(c for _, c in named)} but "
+                            f"the outputs it cites record {', '.join(sorted(recorded))}")
     return problems
 
 
