@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make train    set up, copy the data, train the default preset on the default model
 #   make test     set up, run the test suite (what .ci/run does)
+#   make mutants  plant each bug of tools/mutants/mutants.py and check its test catches it
+#   make check-docs   every figure in README.md and docs/ cites a committed output
 # and two for a GPU day (README, "On a GPU"):
 #   make gpu-bundle   pack the model, the data and the commit into .bundle/ for the device machine
 #   make gpu          the GPU day's programme (python -m minbert.gpu.day); ARGS="--dry_run" on a CPU
@@ -14,7 +16,7 @@ ARGS   ?=
 # On the device machine there is no .venv (and no network): its own python3 has CUDA's torch.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: setup data train test gpu gpu-bundle
+.PHONY: setup data train test mutants check-docs gpu gpu-bundle
 setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,15 @@ train: data
 
 test: setup
 	$(PY) -m pytest -q
+
+# Planted bugs, one at a time in a copy of the tree (tools/mutants/): every one must be caught
+# by the test named for its idea. Minutes, so not part of `make test`; ARGS="--only NAME,...".
+mutants: setup
+	$(PY) tools/mutants/run.py $(ARGS)
+
+# Figures in README.md and docs/ that cite no committed output, or a commit not in history
+check-docs: setup
+	$(PY) tools/check_docs.py
 
 gpu:
 	$(GPU_PY) -m minbert.gpu.day $(ARGS)

@@ -296,3 +296,16 @@ def test_adamw_matches_algorithm_2(path):
             torch.testing.assert_close(p.detach().double(), ref[t + 1], atol=1e-6, rtol=1e-5, msg=lambda e: (
                 f"{FUNCTION[path]}: the {name} differs from Loshchilov & Hutter Algorithm 2 after step "
                 f"{t + 1}: {e}"))
+
+
+def test_adamw_eps_is_added_after_the_square_root(path):
+    """eps guards the division, outside the root: m_hat / (sqrt(v_hat) + eps). With a constant
+    gradient g = eps, m_hat = g and sqrt(v_hat) = |g|, so the first step is lr g / (|g| + eps) =
+    lr / 2. Under the root, sqrt(v_hat + eps) would be ~1e-4 and the step ~1e-4 lr."""
+    g = torch.full((3,), EPS)
+    lr = 1e-2
+    weights, _ = run_adamw(path, [g], torch.zeros(3), lr=lr)
+    step = weights[1] - weights[0]
+    torch.testing.assert_close(step, torch.full((3,), -lr / 2), atol=0, rtol=1e-3, msg=lambda e: (
+        f"{FUNCTION[path]}: eps is added to sqrt(v_hat), not to v_hat under the root (Loshchilov & Hutter "
+        f"Alg. 2, line 12): with g = eps = {EPS:g} the first step must be -lr / 2; it was {step.tolist()}. {e}"))

@@ -112,9 +112,16 @@ def test_old_run_folder_resumes(tiny_model, tiny_data, tmp_path):
 def test_cpu_run_trains_and_evaluates_under_bf16(tiny_model, tiny_data, tmp_path, one_thread):
     """--bf16 on a CPU: the whole loop (updates, evaluation, the record) runs under autocast."""
     exp = tiny_experiment("gse", tiny_model, tiny_data, tmp_path, max_steps=2, max_eval_examples=8, bf16="on")
-    result = Trainer(exp, quiet=True).train()
+    trainer = Trainer(exp, quiet=True)
+    seen = []  # (training?, dtype) of every output of the first layer's query projection
+    query = trainer.model.bert.encoder.layer[0].attention.self.query
+    query.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
+    result = trainer.train()
     assert result["global_step"] == 2 and 0 <= result["eval_overall"] <= 1, \
         f"a bf16 run on the CPU should train 2 steps and score its dev sets; got {result}"
+    assert (True, torch.bfloat16) in seen and (False, torch.bfloat16) in seen, \
+        f"--bf16 on: the updates and the evaluation should both run the encoder in bfloat16; saw {set(seen)}"
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters()), "autocast keeps float32 weights"
 
 
 def test_cos_d_projects_in_float32():

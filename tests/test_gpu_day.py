@@ -69,10 +69,21 @@ def test_the_report_names_why_a_preset_stopped(tmp_path):
 
 
 def test_the_dry_run_takes_the_gpu_flags_and_shrinks_them():
-    """The dry run's flags come after the GPU's, so the GPU's code paths run at toy size."""
+    """The dry run's flags come after the GPU's, so the GPU's code paths run at toy size: parsed as
+    train_multitask.py parses them, the GPU's switches hold and the sizes are the toy ones."""
+    import train_multitask
     for step in gpu_steps.GPU:
-        day = gpu_steps.Day(out=Path("x"), dry=True, end=0)
-        assert day.flags(step)[:len(gpu_steps.GPU[step])] == gpu_steps.GPU[step]
+        gpu = gpu_steps.Day(out=Path("x"), dry=False, end=0).flags(step)
+        dry = gpu_steps.Day(out=Path("x"), dry=True, end=0).flags(step)
+        assert gpu[:len(gpu_steps.GPU[step])] == gpu_steps.GPU[step], f"{step}: the GPU's flags come first"
+        assert dry == gpu_steps.GPU[step] + gpu_steps.DRY[step] + gpu[len(gpu_steps.GPU[step]):], \
+            f"{step}: the dry run is the GPU's flags, then the toy sizes, then the data and model"
+        on_gpu = train_multitask.build_parser().parse_args(["--preset", "baseline", *gpu])
+        toy = train_multitask.build_parser().parse_args(["--preset", "baseline", *dry])
+        assert 0 < toy.max_steps <= 2 and toy.max_eval_examples == 16 and toy.max_length == 32, \
+            f"{step}: the dry run should shrink the run to toy size; it parsed to max_steps={toy.max_steps}"
+        for flag in ("fast", "save_checkpoints", "epochs"):
+            assert getattr(toy, flag) == getattr(on_gpu, flag), f"{step}: the dry run changed the GPU's --{flag}"
 
 
 def tree_hash(*paths: Path) -> str:
@@ -133,7 +144,7 @@ def test_the_dry_runs_archive_merges_into_copies_of_results(dry_day, tmp_path):
         text = bench.read_text()
         assert text.count("<!-- gpu-day ") == 1 and text.index("<!-- gpu-day ") < text.index(gpu_merge.OWED)
     table = (results / "cs224n_table.md").read_text()
-    assert "**Made before the 2026-11-23 changes" in table, "the note written above the table must stay"
+    assert "**Made by older code" in table, "the note written above the table must stay"
     assert "| smart-gse | 0.357 |" in table and "0.17 of 10" in table  # the CPU row and the day's row
     assert "#### AdamW step" in text and "| minilm | 103 | 22.7M | torch fused |" in text
     day = next((results / "gpu_days").iterdir())

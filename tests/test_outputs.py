@@ -34,21 +34,49 @@ def test_loss_of_each_task_every_logging_steps(run):
     assert all({"loss_sst", "loss_quora", "loss_sts"} <= e.keys() for e in losses)
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure plots.py saves, kept after saving so a test can read what was drawn."""
+    import minbert.sweep.plots
+    figures, save = [], minbert.sweep.plots._save
+    monkeypatch.setattr(minbert.sweep.plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    return figures
+
+
+def drawn_lines(ax) -> dict:
+    return {line.get_label(): list(line.get_ydata()) for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def logged(run, key) -> list:
+    return [e[key] for e in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if key in e]
+
+
 def test_every_run_writes_curves_png(run):
+    """curves.png is the run's final log drawn: plot_run on log.jsonl now draws the same picture."""
+    from minbert.sweep.plots import plot_run
     data = (run / "curves.png").read_bytes()
     assert data.startswith(PNG) and len(data) > 10_000
+    again = plot_run(run, run.parent / "again.png").read_bytes()
+    assert again == data, "curves.png should be the figure of the run's whole log.jsonl, drawn at its end"
 
 
-def test_evaluate_redraws_the_curves(run):
+def test_evaluate_redraws_the_curves(run, drawn):
     (run / "curves.png").unlink()
     assert evaluate.main([str(run), "--curves"]) == 0
     assert (run / "curves.png").read_bytes().startswith(PNG)
+    ax_loss, ax_eval = drawn[0].axes[:2]
+    assert drawn_lines(ax_loss)["sts"] == logged(run, "loss_sts"), "the redrawn loss curve is the run's logged loss"
+    overall = [y for label, y in drawn_lines(ax_eval).items() if label.startswith("overall")]
+    assert overall == [logged(run, "eval_overall")], "the redrawn dev curve is the run's logged overall score"
 
 
-def test_table_is_drawn_beside_the_table(run, tmp_path):
+def test_table_is_drawn_beside_the_table(run, tmp_path, drawn):
     out = tmp_path / "table.md"
     assert train_multitask.main(["--table", str(run.parent), "--out", str(out)]) == 0
     assert out.with_suffix(".png").read_bytes().startswith(PNG)
+    curves = drawn_lines(drawn[-1].axes[0])
+    assert [y for label, y in curves.items() if label.split()[0] == "gse"] == [logged(run, "eval_overall")], \
+        f"the table's figure should draw the gse run's overall score at each evaluation: {curves}"
 
 
 def test_evaluate_exports_a_hugging_face_folder(run, tmp_path, capsys):

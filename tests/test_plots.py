@@ -48,25 +48,79 @@ def assert_png(path, min_kb=15):
     assert len(data) > min_kb * 1024, f"{path} is only {len(data)} bytes"
 
 
-def test_curves_of_a_multitask_run_are_a_png(tmp_path):
-    out = plot_curves(synthetic_history(), tmp_path / "curves.png", title="gse (synthetic)")
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure plots.py saves, kept after saving so a test can read what was drawn."""
+    import minbert.sweep.plots
+    figures, save = [], minbert.sweep.plots._save
+    monkeypatch.setattr(minbert.sweep.plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    return figures
+
+
+def lines(ax) -> dict:
+    """label -> (x, y) of each labelled line of an axes."""
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()
+            if not line.get_label().startswith("_")}
+
+
+def series(history, key):
+    points = sorted((e["step"], e["epoch"], e[key]) for e in history if key in e)
+    return [p[1] for p in points], [p[2] for p in points]
+
+
+def assert_curves(fig, history, tasks):
+    """The loss panel draws each task's logged loss, the dev panel each logged metric and the
+    overall score, and the star sits on the best overall evaluation."""
+    ax_loss, ax_eval = fig.axes[:2]
+    drawn_losses = lines(ax_loss)
+    for t in tasks:
+        assert drawn_losses.get(t) == series(history, f"loss_{t}"), f"the loss panel should draw loss_{t} against epoch"
+    drawn_evals = lines(ax_eval)
+    metrics = sorted({k for e in history for k in e if k.startswith("eval_") and k != "eval_overall"})
+    for k in metrics:
+        label = k[5:].replace("_", " ")
+        assert drawn_evals.get(label) == series(history, k), f"the dev panel should draw {k} as {label!r}"
+    overall = [v for label, v in drawn_evals.items() if label.startswith("overall")]
+    assert overall == [series(history, "eval_overall")], "the dev panel should draw eval_overall"
+    x, y = series(history, "eval_overall")
+    best = y.index(max(y))
+    stars = [line for line in ax_eval.get_lines() if line.get_marker() == "*"]
+    assert len(stars) == 1 and (list(stars[0].get_xdata()), list(stars[0].get_ydata())) == ([x[best]], [y[best]]), \
+        "the star should mark the best overall evaluation"
+
+
+def test_curves_of_a_multitask_run_are_a_png(tmp_path, drawn):
+    history = synthetic_history()
+    out = plot_curves(history, tmp_path / "curves.png", title="gse (synthetic)")
     assert out == tmp_path / "curves.png"
     assert_png(out)
+    assert_curves(drawn[0], history, ("sst", "quora", "sts"))
+    assert drawn[0].axes[0].get_yscale() == "log", "the tasks' losses differ by orders of magnitude: a log scale"
 
 
-def test_curves_of_a_single_task_run_are_a_png(tmp_path):
-    assert_png(plot_curves(synthetic_history(tasks=("mrpc",), epochs=5), tmp_path / "mrpc.png"))
+def test_curves_of_a_single_task_run_are_a_png(tmp_path, drawn):
+    history = synthetic_history(tasks=("mrpc",), epochs=5)
+    assert_png(plot_curves(history, tmp_path / "mrpc.png"))
+    assert_curves(drawn[0], history, ("mrpc",))
+    overall = [label for label in lines(drawn[0].axes[1]) if label.startswith("overall")]
+    assert overall == ["overall (= f1)"], f"a single task's overall is its F1, and the legend says so: {overall}"
 
 
-def test_a_short_run_with_one_point_each_still_plots(tmp_path):
+def test_a_short_run_with_one_point_each_still_plots(tmp_path, drawn):
     history = [{"step": 4, "epoch": 0.5, "loss": 2.0, "loss_sst": 1.5, "loss_quora": 0.5, "lr": 1e-3},
                {"step": 4, "epoch": 0.5, "eval_sst_accuracy": 0.3, "eval_quora_accuracy": 0.6, "eval_overall": 0.45}]
     assert_png(plot_curves(history, tmp_path / "short.png"), min_kb=10)
+    assert_curves(drawn[0], history, ("sst", "quora"))
+    assert all(line.get_marker() == "o" for line in drawn[0].axes[0].get_lines()), "one point each: marked"
 
 
-def test_a_run_before_its_first_evaluation_gets_a_loss_only_figure(tmp_path):
+def test_a_run_before_its_first_evaluation_gets_a_loss_only_figure(tmp_path, drawn):
     history = [e for e in synthetic_history() if "loss" in e]
     assert_png(plot_curves(history, tmp_path / "loss_only.png"))
+    ax_loss, ax_eval = drawn[0].axes[:2]
+    assert set(lines(ax_loss)) == {"sst", "quora", "sts"} and not ax_eval.get_lines(), \
+        "before the first evaluation: the losses, and an empty dev panel"
+    assert "no evaluation logged yet" in [t.get_text() for t in ax_eval.texts]
 
 
 def test_an_empty_history_is_refused_and_nothing_written(tmp_path):
@@ -76,7 +130,7 @@ def test_an_empty_history_is_refused_and_nothing_written(tmp_path):
     assert not (tmp_path / "empty.png").exists()
 
 
-def test_plot_run_reads_the_log_and_writes_curves_png(tmp_path):
+def test_plot_run_reads_the_log_and_writes_curves_png(tmp_path, drawn):
     run = tmp_path / "runs" / "gse"
     run.mkdir(parents=True)
     history = synthetic_history()
@@ -87,6 +141,8 @@ def test_plot_run_reads_the_log_and_writes_curves_png(tmp_path):
     assert read_log(run / "log.jsonl") == history
     assert plot_run(run) == run / "curves.png"
     assert_png(run / "curves.png")
+    assert_curves(drawn[0], history, ("sst", "quora", "sts"))
+    assert "gse" in drawn[0].texts[0].get_text(), "the figure is titled with the run's name"
     with pytest.raises(FileNotFoundError, match="no log.jsonl"):
         plot_run(tmp_path)
 
@@ -104,7 +160,7 @@ def test_only_full_paper_setup_runs_are_set_beside_the_paper():
     assert not follows_paper(paper_config("gse"), synthetic_history(epochs=4))  # stopped early
 
 
-def test_table_figure_of_every_preset(tmp_path):
+def test_table_figure_of_every_preset(tmp_path, drawn):
     presets = [n for n in PRESETS if n != "glue"]
     runs = []
     for i, name in enumerate(presets):
@@ -114,9 +170,19 @@ def test_table_figure_of_every_preset(tmp_path):
         runs.append({"preset": name, "history": history, "paper_protocol": full})
     out = plot_table(runs, tmp_path / "table.png")
     assert_png(out, min_kb=30)
+    ax = drawn[0].axes[0]
+    drawn_runs = lines(ax)
+    for run in runs:
+        label = next(name for name in drawn_runs if name.split("  ")[0] == run["preset"])
+        assert drawn_runs[label] == series(run["history"], "eval_overall"), f"{run['preset']}: its overall score"
+        assert ("(paper" in label) == run["paper_protocol"], f"{label}: the paper's number only beside a 10-epoch run"
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    expected = [PRESETS[r["preset"]][1][3] for r in runs if r["paper_protocol"] and PRESETS[r["preset"]][1]]
+    assert sorted(float(line.get_ydata()[0]) for line in stars) == sorted(expected), \
+        "a star at the paper's overall for each run that follows its protocol"
 
 
-def test_table_table_run_and_refusals(tmp_path):
+def test_table_table_run_and_refusals(tmp_path, drawn):
     run = tmp_path / "gse"
     run.mkdir()
     history = synthetic_history(epochs=10, steps_per_epoch=100, evals_per_epoch=1)
@@ -125,6 +191,7 @@ def test_table_table_run_and_refusals(tmp_path):
     entry = table_run(run)
     assert entry["preset"] == "gse" and entry["paper_protocol"] and entry["history"] == history
     assert_png(plot_table([entry], tmp_path / "one.png", paper={"gse": 0.644}))
+    assert [float(line.get_ydata()[0]) for line in drawn[0].axes[0].get_lines() if line.get_marker() == "*"] == [0.644]
     no_eval = {"preset": "gse", "history": [e for e in history if "loss" in e], "paper_protocol": False}
     with pytest.raises(ValueError, match="none of the 1 runs has an evaluation"):
         plot_table([no_eval], tmp_path / "none.png")

@@ -29,5 +29,6 @@ def test_readme_snippets_run(tiny_model, tiny_data, tmp_path, one_thread):
         exec(compile(code, str(README), "exec"), scope)
     assert scope["out"].last_hidden_state.shape[-1] == 384 and len(scope["out"].attentions) == 6
     assert scope["result"]["global_step"] == 2
-    assert 0.0 <= scope["run"].exp.lr and "overall" in scope["evaluate"](scope["run"].model, scope["dev"], 8, 0,
-                                                                         scope["run"].device)
+    assert scope["run"].exp == scope["exp"], "load_run should rebuild the experiment the snippet trained"
+    scores = scope["evaluate"](scope["run"].model, scope["dev"], 8, 0, scope["run"].device)
+    assert set(scores) == {"sst_accuracy", "quora_accuracy", "quora_f1", "sts_pearson", "sts_spearmanr", "overall"}

@@ -115,11 +115,89 @@ def test_finished_run_without_checkpoints_is_left_alone(tiny_model, tiny_data, t
 
 
 def test_a_python_run_resumes_against_its_own_config(tiny_model, tiny_data, tmp_path):
-    """Tuples become lists in config.json; the comparison reads both as JSON does."""
-    exp = tiny_experiment("multitask", tiny_model, tiny_data, tmp_path, optim_args={"betas": (0.9, 0.98)})
+    """Tuples become lists in config.json; the comparison reads both as JSON does, so the
+    second Trainer resumes from the first one's checkpoint instead of refusing the folder."""
+    exp = tiny_experiment("multitask", tiny_model, tiny_data, tmp_path, optim_args={"betas": (0.9, 0.98)},
+                          max_steps=2)
     Trainer(exp, quiet=True).train()
-    Trainer(tiny_experiment("multitask", tiny_model, tiny_data, tmp_path, optim_args={"betas": (0.9, 0.98)},
-                            nonfinite="skip"), quiet=True)  # and --nonfinite may change on a rerun
+    assert (tmp_path / "checkpoint-2").is_dir()
+    again = Trainer(tiny_experiment("multitask", tiny_model, tiny_data, tmp_path, optim_args={"betas": (0.9, 0.98)},
+                                    nonfinite="skip", max_steps=4), quiet=True)  # --nonfinite may change on a rerun
+    result = again.train()
+    assert (result["global_step"], result["train_steps"]) == (4, 2), \
+        f"the second run should resume at step 2 and take 2 steps; it took {result['train_steps']} to step {result['global_step']}"
+    assert [e["step"] for e in again.history if "eval_overall" in e] == [2, 4]  # the first run's evaluation kept
+
+
+# ---------------------------------------------------------------- a write that fails
+
+def fail_on(call: int, error: Exception):
+    """A torch.save that raises `error` on its call-th call and saves otherwise."""
+    import torch
+    real, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(f)
+        if len(calls) == call:
+            Path(f).write_bytes(b"partial")  # the disk filled up part-way through
+            raise error
+        return real(obj, f, *a, **k)
+    return save
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(tiny_model, tiny_data, tmp_path,
+                                                                              monkeypatch, capsys):
+    import errno
+
+    import minbert.run.folder
+    out = tmp_path / "run"
+    first = argv(tiny_model, tiny_data, out, "--max_steps", "2")
+    assert train_multitask.main(first) == 0
+    good = snapshot(out / "checkpoint-2")
+    monkeypatch.setattr(minbert.run.folder.torch, "save", fail_on(1, OSError(errno.ENOSPC, "No space left on device")))
+    capsys.readouterr()
+    assert train_multitask.main(argv(tiny_model, tiny_data, out, "--max_steps", "4")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    (err,) = [line for line in err.splitlines() if line.startswith("error:")]  # progress lines aside, one line
+    for part in ("checkpoint-4", str(out), "No space left on device", "a checkpoint needs about", "KB",
+                 "checkpoint-2 is intact", "--no-save_checkpoints", "--output_dir", "Free some space"):
+        assert part in err, f"the error line should say {part!r}: {err}"
+    assert not list(out.glob(".tmp-*")), "the partial checkpoint folder should be removed"
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"] and snapshot(out / "checkpoint-2") == good
+    monkeypatch.undo()  # space again: the same command resumes from checkpoint-2 and finishes
+    assert train_multitask.main(argv(tiny_model, tiny_data, out, "--max_steps", "4")) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((out / "all_results.json").read_text())["global_step"] == 4
+
+
+def test_a_failed_write_of_best_is_one_error_naming_it(tiny_model, tiny_data, tmp_path, monkeypatch):
+    import minbert.run.folder
+    out = tmp_path / "run"
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(minbert.run.folder, "save_file", refuse)
+    with pytest.raises(minbert.run.folder.CheckpointWriteError, match=r"best/model.safetensors.*Permission denied.*"
+                                                                     r"--no-save_checkpoints.*--output_dir"):
+        Trainer(tiny_experiment("multitask", tiny_model, tiny_data, out, max_steps=2), quiet=True).train()
+    assert not list((out / "best").glob(".*.tmp")), "the partial best/ file should be removed"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes into read-only folders: the permission test needs an ordinary user")
+def test_a_read_only_run_folder_stops_with_one_line(tiny_model, tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_multitask.main(argv(tiny_model, tiny_data, out, "--max_steps", "2")) == 0
+    out.chmod(0o555)
+    try:
+        capsys.readouterr()
+        assert train_multitask.main(argv(tiny_model, tiny_data, out, "--max_steps", "4")) == 2
+        (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert "--output_dir" in err and "Traceback" not in err, err
+        assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    finally:
+        out.chmod(0o755)
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,38 @@ def test_command_writes_a_png_for_a_sentence_pair(tiny_model, tmp_path):
     assert run.returncode == 0, run.stderr
     assert out.read_bytes().startswith(PNG_SIGNATURE) and out.stat().st_size > 1000
     assert "layer 1, 4 heads" in run.stdout
+    from minbert import BertTokenizer
+    n = len(BertTokenizer.from_pretrained(str(tiny_model))("the cat plays guitar", "a dog runs")["input_ids"][0])
+    assert f"({n} tokens," in run.stdout, f"the pair is encoded [CLS] A [SEP] B [SEP], {n} word pieces: {run.stdout}"
 
 
-def test_one_head_of_one_sentence(tiny_model, tmp_path):
-    out = show_attention.main(["good movie", "--head", "2", "--model", str(tiny_model),
+def test_one_head_of_one_sentence(tiny_model, tmp_path, monkeypatch):
+    """The panel drawn is the model's own attention probabilities for that layer and head."""
+    import torch
+
+    from minbert import BertModel, BertTokenizer
+    images = []
+    real_imshow = show_attention.Figure.subplots
+
+    def subplots(fig, *a, **k):  # keep the axes, to read the image drawn on them
+        axes = real_imshow(fig, *a, **k)
+        images.extend(axes.ravel())
+        return axes
+    monkeypatch.setattr(show_attention.Figure, "subplots", subplots)
+    out = show_attention.main(["good movie", "--head", "2", "--layer", "1", "--model", str(tiny_model),
                                "--out", str(tmp_path / "h.png")])
     assert out.read_bytes().startswith(PNG_SIGNATURE)
+    model, tok = BertModel.from_pretrained(str(tiny_model)).eval(), BertTokenizer.from_pretrained(str(tiny_model))
+    enc = tok("good movie")
+    with torch.no_grad():
+        expected = model(**enc, output_attentions=True).attentions[1][0, 2]  # (T, T) of head 2
+    drawn = [ax.get_images()[0].get_array() for ax in images if ax.get_images()]
+    assert len(drawn) == 1, f"--head 2 should draw one panel, drew {len(drawn)}"
+    assert torch.allclose(torch.as_tensor(drawn[0].data), expected, atol=1e-6), \
+        "the panel should be layer 1, head 2 of BertModel(..., output_attentions=True).attentions"
+    assert images[0].get_title() == "head 2"
+    labels = [t.get_text() for t in images[0].get_xticklabels()]
+    assert labels == tok.convert_ids_to_tokens(enc["input_ids"][0]) and labels[0] == "[CLS]" and labels[-1] == "[SEP]"
 
 
 @pytest.mark.parametrize("args, message", [

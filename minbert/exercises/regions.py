@@ -29,7 +29,9 @@ MARKER = re.compile(r"^(?P<indent>[ \t]*)# (?P<kind>BEGIN|END) EXERCISE (?P<id>\
 LOOSE = re.compile(r"^\s*#.*\b(BEGIN|END)\b.*\bEXERCISE\b|^\s*#.*\bEXERCISE\b.*\b(BEGIN|END)\b")
 IMPORT = "from minbert.exercises import ExerciseNotImplemented\n"
 MANIFEST = ".student_copy.json"  # written into a copy: which exercises it stubs
-SKIP_DIRS = {".git", ".venv", "runs", "__pycache__", ".pytest_cache"}
+# never the package's own files: build outputs (`pip wheel .` leaves build/lib/minbert/, a copy of
+# the package), virtual environments, runs and caches
+SKIP_DIRS = {".git", ".venv", "venv", "build", "dist", "runs", "__pycache__", ".pytest_cache", ".bundle", ".whl"}
 
 
 class MarkerError(ValueError):
@@ -109,13 +111,19 @@ def find_regions(text: str, file: str) -> list[Region]:
     return placed
 
 
+def _skipped(file: str) -> bool:
+    """A file under a build output, environment, run or cache folder (SKIP_DIRS), which git lists when
+    the checkout's .gitignore predates it."""
+    return any(part in SKIP_DIRS or part.endswith(".egg-info") for part in Path(file).parts[:-1])
+
+
 def source_files(root: Path = ROOT) -> list[str]:
     """The repository's files a student needs, relative to root: git's tracked and untracked
     but not ignored files in a git checkout, else a walk that skips data sets, runs and caches."""
     if (root / ".git").exists() and shutil.which("git"):
         out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
                               "--exclude-standard"], capture_output=True, check=True).stdout
-        return sorted({f for f in out.decode().split("\0") if f and (root / f).is_file()})
+        return sorted({f for f in out.decode().split("\0") if f and (root / f).is_file() and not _skipped(f)})
     files = []
     for folder, dirs, names in os.walk(root):
         rel = Path(folder).relative_to(root)

@@ -45,6 +45,11 @@ class CheckpointError(ValueError):
     """A checkpoint in the run folder cannot be resumed from; the message names the file."""
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint (or best/) failed: no space, no permission, a read-only folder. The
+    message is one line: what failed, where, what a checkpoint needs, and the ways out."""
+
+
 class RunFolderError(ValueError):
     """The output folder holds another run; the message names the fields that differ."""
 
@@ -142,23 +147,67 @@ def remove_partial(out: Path):
 def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, run_state: dict, device: torch.device):
     """checkpoint-<step>/: weights, optimizer states, every rank's random state and `run_state`;
     then the older checkpoint is removed. Called on every rank (it gathers their random
-    states); rank 0 alone writes."""
+    states); rank 0 alone writes. A failed write removes its partial folder, leaves the
+    last good checkpoint as it was, and raises one CheckpointWriteError."""
     rngs = distributed.gather((torch.get_rng_state(),  # every rank's (cpu, cuda) states, rank 0's first
                                torch.cuda.get_rng_state_all() if device.type == "cuda" else []))
     if not distributed.is_main():
         return
     step = run_state["step"]
     tmp = out / f".tmp-checkpoint-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     state = {**run_state, "optimizers": [o.state_dict() for o in optimizers], "rng": rngs[0][0], "cuda_rng": rngs[0][1]}
     if len(rngs) > 1:
         state["rank_rngs"] = rngs
-    torch.save(state, tmp / "state.pt")
-    os.replace(tmp, out / f"checkpoint-{step}")
+    with writing(tmp, out, f"checkpoint-{step}", tensor_bytes(model.state_dict(), state)):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        os.replace(tmp, out / f"checkpoint-{step}")
     for old in checkpoints(out)[:-1]:
         shutil.rmtree(old)
+
+
+def tensor_bytes(*trees) -> int:
+    """The bytes of every tensor in these (nested) dicts, lists and tuples: about what saving them writes."""
+    total, todo = 0, list(trees)
+    while todo:
+        x = todo.pop()
+        if isinstance(x, torch.Tensor):
+            total += x.numel() * x.element_size()
+        elif isinstance(x, dict):
+            todo.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            todo.extend(x)
+    return total
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} KB"
+
+
+@contextlib.contextmanager
+def writing(tmp: Path, out: Path, what: str, needs: int):
+    """A failed write into tmp (OSError, or the RuntimeError torch.save raises when its stream
+    fails) removes tmp and becomes one CheckpointWriteError naming the ways out."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(tmp, Path) and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
+        try:
+            free = f"{_size(shutil.disk_usage(out).free)} free there"
+        except OSError:
+            free = "free space unknown"
+        kept = checkpoints(out) if out.is_dir() else []
+        last = f"the last good checkpoint {kept[-1]} is intact and the run resumes from it" if kept \
+            else "no earlier checkpoint was written"
+        raise CheckpointWriteError(
+            f"writing {what} to {out} failed ({type(e).__name__}: {why}); a checkpoint needs about "
+            f"{_size(needs)} ({free}); {last}. Free some space, or rerun with --no-save_checkpoints, "
+            f"or give another --output_dir") from None
 
 
 def restore(out: Path, model: torch.nn.Module, optimizers: list, device: torch.device, teacher=None) -> dict | None:
@@ -203,12 +252,12 @@ def finished_record(out: Path, stop: int, resumable: bool) -> dict | None:
 
 def save_best(out: Path, model: torch.nn.Module):
     tmp = out / "best" / ".model.safetensors.tmp"
-    tmp.parent.mkdir(exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, out / "best" / "model.safetensors")
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    with writing(tmp, out, "best/model.safetensors", tensor_bytes(weights)):
+        tmp.parent.mkdir(exist_ok=True)
+        save_file(weights, str(tmp))
+        os.replace(tmp, out / "best" / "model.safetensors")
 
-
-# ---------------------------------------------------------------- the record
 
 def git_commit() -> str:
     """The code's commit, so a result can be traced to what made it ("+dirty" if changed)."""
