@@ -1,5 +1,7 @@
-"""Shared paths for the tests. The real weights and data live outside the project, in
-../shared (or where MINBERT_SHARED points: minbert/paths.py); tests that need them skip with a reason."""
+"""Paths and fixtures for the tests. The default model is found as a run finds it
+(minbert/paths.py: $MINBERT_MODEL, else the installed package); the real data through
+$MINBERT_DATA or ../shared/data; the CS224N starter's reference files in ../shared/reference.
+Tests that need one of them skip, naming what is missing and how to give it."""
 import importlib.util
 from pathlib import Path
 
@@ -7,11 +9,22 @@ import pytest
 
 from minbert.exercises import ExerciseNotImplemented
 from minbert.exercises.registry import EXERCISES, exercises_of
-from minbert.paths import SHARED_ENV, default_model, shared_dir
+from minbert.paths import DATA_ENV, MODEL_ENV, default_model_dir, shared_data
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = shared_dir()
-MINILM = default_model()
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"  # the CS224N starter's reference outputs, where a copy lies beside the repository
+DATA = shared_data() or SHARED / "data"
+
+
+def _default_model() -> Path:
+    try:
+        return default_model_dir()
+    except FileNotFoundError:
+        return Path("all-MiniLM-L6-v2 (not installed)")
+
+
+MINILM = _default_model()
 
 
 def fixture_script(name: str):
@@ -22,9 +35,10 @@ def fixture_script(name: str):
     return module
 
 
-def need(path: Path, what: str):
+def need(path: Path, what: str, kind: str = ""):
     if not path.exists():
-        pytest.skip(f"{what} not found at {path} (set {SHARED_ENV} to the folder holding models/ and data/)")
+        how = {"model": f"make setup installs it, or set {MODEL_ENV}", "data": f"set {DATA_ENV}"}
+        pytest.skip(f"{what} not found at {path} ({how.get(kind, 'a copy beside the repository, ../shared')})")
     return path
 
 
@@ -79,7 +93,7 @@ def compiler():
 
 @pytest.fixture
 def minilm_dir():
-    return need(MINILM, "all-MiniLM-L6-v2 weights")
+    return need(MINILM, "all-MiniLM-L6-v2 weights", "model")
 
 
 # ---------------------------------------------------------------- tiny model and data

@@ -1,7 +1,7 @@
 """Tests for minbert/data.py and data/prepare_data.py.
 
 Fixture files are written into tmp_path by the tests themselves. The tests on the
-real files run where ../shared/data exists (or $MINBERT_SHARED/data: minbert/paths.py).
+real files run where $MINBERT_DATA or ../shared/data holds them (minbert/paths.py).
 """
 import importlib.util
 import logging
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from minbert.data import SPLITS, TASKS, DataError, Example, read_file, read_split
-from minbert.paths import shared_dir
+from conftest import DATA
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = shared_dir() / "data"
+SHARED = DATA
 needs_shared = pytest.mark.skipif(not (SHARED / "cs224n").is_dir(), reason=f"no real data at {SHARED}")
 
 # CS224N layout: tab-separated, csv quoting, unnamed index column first

