@@ -165,7 +165,7 @@ def test_missing_file(tmp_path):
         read_split("sst", tmp_path, "dev")
     message = str(info.value)
     assert str(tmp_path / "cs224n/ids-sst-dev.csv") in message and "expected" in message
-    assert "python data/prepare_data.py --from ../shared/data" in message
+    assert "make data" in message and "--from PATH" in message
 
 
 def test_missing_column(tmp_path):
@@ -375,9 +375,11 @@ def test_prepare_offline_message(tmp_path, prepare, monkeypatch, capsys):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(prepare.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(prepare, "shared_data", lambda: None)  # no $MINBERT_DATA, no ../shared/data
     assert prepare.main(["--to", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "could not reach" in err and "--from PATH" in err
+    assert "could not reach" in err and "--from PATH" in err and "MINBERT_DATA" in err and "../shared/data" in err
+    assert "--mirror URL" in err and err.count("\n") == 1, err
     assert not any(tmp_path.iterdir())
 
 
