@@ -17,7 +17,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= $(MINBERT_DATA)
 MIRROR ?=
 ARGS   ?=
-BUNDLE ?= gpu_bundle.tar
+BUNDLE ?= gpu_bundle.tar.gz
 
 # A GPU machine may have no .venv: its own python3 has a CUDA build of torch.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))

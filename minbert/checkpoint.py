@@ -26,7 +26,6 @@ import pickle
 import resource
 import shutil
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from minbert import distributed
 from minbert.build import MODEL_RECORD, checkpoints, recorded_fingerprint
 from minbert.experiments import RESUMABLE, Experiment
+from minbert.paths import portable, portable_command
 from minbert.weights import model_fingerprint
 
 
@@ -230,7 +230,7 @@ def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, de
            dev_sizes: dict[str, int]) -> dict:
     """A run's all_results.json: the eval_* keys of its best (or, results_from="final", its last)
     evaluation; train_runtime, update_ms, samples/s and peak memory cover all the work kept,
-    over resumed sessions too; train_steps counts this session's steps."""
+    over resumed runs too; train_steps counts the steps of this process."""
     best, history, cost, spe = progress["best"], progress["history"], progress["cost"], steps_per_epoch
     best_evals = {f"eval_{k}": v for k, v in best.items() if k != "step"}
     results = {**best_evals, "epoch": best.get("step", 0) / spe}
@@ -250,8 +250,8 @@ def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, de
             "peak_memory_mb": cost["peak_memory_mb"], "device": device_name(device), "world_size": world,
             "nonfinite_skipped": progress["nonfinite_skipped"], "steps_per_epoch": spe,
             "stopped_at_deadline": progress.get("stopped_at_deadline", False),
-            "epochs": exp.epochs, "model": exp.model, "preset": exp.name, "fast": exp.fast,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
+            "epochs": exp.epochs, "model": portable(exp.model), "preset": exp.name, "fast": exp.fast,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": portable_command(),
             "commit": ",".join(cost["commits"])}
 
 

@@ -130,3 +130,57 @@ def data_hint() -> str:
     return (f"give a local copy with --from PATH or {DATA_ENV}=PATH (a folder holding cs224n/ and glue/), "
             f"or put it at ../shared/data beside the repository, or let it download the public files "
             f"(needs the network; --mirror URL for a copy laid out like data/)")
+
+
+def compile_path_problem(folders: list[str] | None = None) -> str | None:
+    """Why torch.compile cannot build its C++ code on this machine, or None. torch's inductor
+    links against its own library folder and Python's; some torch releases write those folders
+    into the linker's command unquoted (pytorch/pytorch PR 191010 quotes them), so a folder
+    whose path holds a space ("My Drive", "Application Support") splits into two arguments and
+    the link fails. Checked by its behaviour: a command built for a folder with a space."""
+    import shlex
+    import sysconfig
+    import tempfile
+
+    import torch
+    folders = folders or [str(Path(torch.__file__).parent / "lib"), sysconfig.get_config_var("LIBDIR") or ""]
+    spaced = [f for f in folders if any(c.isspace() for c in f)]
+    if not spaced:
+        return None
+    try:
+        from torch._inductor.cpp_builder import BuildOptionsBase, CppBuilder
+        with tempfile.TemporaryDirectory() as tmp:
+            line = CppBuilder("probe", ["probe.cpp"], BuildOptionsBase(libraries_dirs=[spaced[0]]),
+                              output_dir=tmp).get_command_line()
+        if f"-L{spaced[0]}" in shlex.split(line):
+            return None
+    except Exception:  # another torch's builder: nothing to tell from here
+        return None
+    return (f"torch.compile cannot link its C++ code here: {spaced[0]!r} holds a space and this torch passes its "
+            f"library folders to the linker unquoted (pytorch/pytorch PR 191010); put Python's virtual environment "
+            f"in a folder whose path has no space (e.g. python3 -m venv ~/venvs/minbert), or train without --compile")
+
+
+def portable(path: str | Path) -> str:
+    """A path as another machine can read it: relative to the repository where it lies inside
+    it, ~/... inside the home folder, else as given (a name, a hub id, a relative path)."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    resolved = Path(text).resolve()
+    for base, shown in ((ROOT, None), (Path.home().resolve(), "~")):
+        if resolved == base or base in resolved.parents:
+            rel = resolved.relative_to(base)
+            return str(rel) if shown is None else str(Path(shown) / rel)
+    return text
+
+
+def portable_command(argv: list[str] | None = None) -> str:
+    """The command line (sys.argv), its absolute paths made portable(), as recorded in all_results.json."""
+    import shlex
+    import sys
+    words = []
+    for word in sys.argv if argv is None else argv:
+        key, eq, value = word.partition("=") if word.startswith("--") else ("", "", word)
+        words.append(key + eq + portable(value))
+    return " ".join(shlex.quote(w) for w in words)

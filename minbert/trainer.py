@@ -149,8 +149,8 @@ class Trainer:
 
         self.step, self.best, self.history, self.nonfinite_skipped = 0, {"overall": -math.inf}, [], 0
         self.stopped_at_deadline = False
-        # The cost of the work kept over resumed sessions (a checkpoint carries it on): wall time and
-        # peak memory of earlier sessions, time in update() alone, and the commits of the code that ran.
+        # The cost of the work kept over resumed runs (a checkpoint carries it on): wall time and
+        # peak memory of earlier processes, time in update() alone, and the commits of the code that ran.
         self.cost = {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": [checkpoint.git_commit()]}
         self.session_start = time.time()
 

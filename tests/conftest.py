@@ -89,6 +89,10 @@ def compiler():
     import shutil
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler (g++, c++ or clang++); none on the PATH")
+    from minbert.paths import compile_path_problem
+    problem = compile_path_problem()
+    if problem:
+        pytest.skip(problem)
 
 
 @pytest.fixture
@@ -98,7 +102,7 @@ def minilm_dir():
 
 # ---------------------------------------------------------------- tiny model and data
 # A 2-layer BERT with a 60-word vocabulary and small data files in the real layouts, so
-# that every preset can train a few steps in seconds. Written fresh by each test session.
+# that every preset can train a few steps in seconds. Written fresh by each run of the tests.
 
 WORDS = ("good great fun lovely superb bad awful boring dull poor movie film plot actor story scene "
          "music ending the a is was very not really quite how what why can i do get learn make "

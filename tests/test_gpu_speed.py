@@ -1,4 +1,4 @@
-"""What pays only on a GPU, tested here as far as a CPU goes (issue 20, item 4): torch's fused
+"""What pays only on a GPU, tested here as far as a CPU goes: torch's fused
 AdamW behind the start-up check, batches padded to fixed lengths and the layers compiled for
 them (CUDA graphs on CUDA: mode "reduce-overhead"; the same shapes and mode on the CPU), and
 NVIDIA MPS for presets side by side. None of them is timed here (docs/BENCHMARKS.md, "Owed")."""

@@ -4,6 +4,9 @@ first use; with none of them, one error that names all three ways."""
 import hashlib
 import importlib.util
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,68 @@ def test_the_installed_package_holds_the_float32_original():
     folder = paths.package_model_dir()
     assert paths.file_sha256(folder / "model.safetensors") == paths.MODEL_SHA256
     assert MINILM.exists()
+
+
+# ---------------------------------------------------------------- torch.compile in a folder with a space
+
+def test_compile_is_told_apart_by_the_linkers_behaviour():
+    assert paths.compile_path_problem(["/opt/python/lib"]) is None  # no space: nothing to fear
+    problem = paths.compile_path_problem(["/opt/My Drive/venv/lib/torch/lib"])
+    if problem is None:
+        pytest.skip("this torch quotes its library folders: a path with a space compiles")
+    assert "My Drive" in problem and "pytorch/pytorch PR 191010" in problem and "without --compile" in problem
+
+
+def test_compile_in_such_a_folder_stops_with_one_line(tiny_model, tiny_data, tmp_path, monkeypatch, capsys):
+    import train_multitask
+    from minbert import build
+    monkeypatch.setattr(build, "compile_path_problem", lambda: "torch.compile cannot link its C++ code here: ...")
+    code = train_multitask.main(["--preset", "baseline", "--model", str(tiny_model), "--data_dir", str(tiny_data),
+                                 "--output_dir", str(tmp_path / "run"), "--device", "cpu", "--max_steps", "1",
+                                 "--compile"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "error: --compile: torch.compile cannot link its C++ code here: ...\n", err
+
+
+# ---------------------------------------------------------------- records another machine can read
+
+def test_recorded_commands_name_paths_relative_to_the_repository_or_home():
+    root, home = paths.ROOT, Path.home()
+    argv = [str(root / "train_multitask.py"), "--data_dir", str(root / "data"), f"--output_dir={home / 'runs' / 'a b'}",
+            "--model", "all-MiniLM-L6-v2", "--lr", "1e-3"]
+    assert paths.portable_command(argv) == \
+        "train_multitask.py --data_dir data '--output_dir=~/runs/a b' --model all-MiniLM-L6-v2 --lr 1e-3"
+    assert paths.portable("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def machine_paths() -> list[str]:
+    """Absolute paths of this machine that no committed file may hold: the repository and the
+    folders above it (two levels deep at least), the home folder, Python's prefix."""
+    places = [paths.ROOT, *paths.ROOT.parents, Path.home(), Path(sys.prefix).resolve(), (paths.ROOT.parent / "shared").resolve()]
+    return sorted({str(p) + "/" for p in places if len(p.parts) > 2 or p == Path.home() and len(p.parts) > 1})
+
+
+# written as paths of some machine: a home folder, a scratch folder, a mount of the machine
+MACHINE_LIKE = re.compile(r"(?<![\w.~])/(?:work|root|home/[\w.-]+|Users/[\w.-]+|tmp/[\w.-]+|mnt/[\w.-]+)/")
+ALLOWED = {("minbert/side_by_side.py", "/tmp/nvidia-mps")}  # the CUDA MPS daemon's own default folder
+
+
+def test_no_committed_file_holds_an_absolute_path_of_a_machine():
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=paths.ROOT, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: no list of committed files")
+    found = []
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        try:
+            text = (paths.ROOT / name).read_bytes().decode("utf-8", errors="replace")
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        for place in machine_paths():
+            if place in text:
+                found.append(f"{name}: {place}")
+        for m in MACHINE_LIKE.finditer(text):
+            line = text[m.start():text.find("\n", m.start())][:60]
+            if not any(name == f and line.startswith(a) for f, a in ALLOWED):
+                found.append(f"{name}: {line}")
+    assert not found, "absolute paths of a machine in committed files (record them relative to the repository " \
+                      "or ~; minbert/paths.py portable):\n" + "\n".join(sorted(set(found))[:40])
