@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from minbert import distributed
 from minbert.build import MODEL_RECORD, checkpoints, recorded_fingerprint
 from minbert.experiments import RESUMABLE, Experiment
-from minbert.paths import portable, portable_command
+from minbert.paths import DEFAULT_MODEL_NAME, default_model_source, portable, portable_command
 from minbert.weights import model_fingerprint
 
 
@@ -127,7 +127,9 @@ def record_model(out: Path, exp: Experiment):
     """model_identity.json, once, after the folder was checked against exp: what the model is,
     so that a moved checkout (the model elsewhere) is still recognised (model_difference)."""
     if not (out / MODEL_RECORD).exists():
-        record = {"model": exp.model, "fingerprint": model_fingerprint(exp.model)}
+        record = {"model": portable(exp.model), "fingerprint": model_fingerprint(exp.model)}
+        if exp.model == DEFAULT_MODEL_NAME:  # where the default came from, and its check
+            record["source"] = default_model_source()
         (out / MODEL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 

