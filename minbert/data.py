@@ -43,7 +43,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
-PREPARE_HINT = "Run `make data` (python data/prepare_data.py: --from PATH copies a local folder, without it it downloads)"
+PREPARE_HINT = "Run `make data` (python data/prepare_data.py: --from PATH copies a local folder, else it downloads)"
 
 
 @dataclass(frozen=True)

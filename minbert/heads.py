@@ -4,7 +4,7 @@ A task's input reaches the encoder as one segment (a sentence, or a pair encoded
 `[CLS] A [SEP] B [SEP]`: the "cross" input) or as two sentences encoded separately
 and compared (the "siamese" input of Sentence-BERT, Reimers & Gurevych 2019, which the
 CS224N paper uses). Each head is a small class in the HEADS registry, by the name a
-preset gives it:
+preset or `--heads task=name` gives it:
 
   linear    one segment -> pooled vector -> dropout -> Linear(H, C)
   concat    siamese [u; v] -> dropout -> Linear(2H, C)
@@ -15,6 +15,9 @@ preset gives it:
 Losses (TaskHead.loss): cross-entropy for C > 2 (SST), binary cross-entropy on one logit
 for binary CS224N tasks (Quora), MSE for scores (STS); all are means over the batch, so a
 short last batch weighs the same per example.
+
+A new head is a TaskHead subclass and one HEADS entry (docs/EXTENDING.md): its class
+attributes `segments` and `task_kinds` are what the checks of an Experiment and --help read.
 """
 from __future__ import annotations
 
@@ -23,7 +26,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minbert.data import TASKS
-from minbert.pooling import pool
 
 COS_EMB_THRESHOLD = 2.5  # STS scores above this count as "similar" for CosineEmbeddingLoss
 COS_D_SCALE = 20.0  # the paper's "large scalar" before the sigmoid
@@ -37,8 +39,10 @@ def loss_kind(task: str, binary_logit: bool = True) -> str:
 
 class TaskHead(nn.Module):
     """What every head shares: its loss and prediction from the task's kind. A subclass sets
-    `segments` and writes forward(vectors) -> (B, C) logits or (B,) scores."""
+    `segments` (and `task_kinds` if it serves fewer) and writes forward(vectors) -> (B, C)
+    logits or (B,) scores."""
     segments = 1  # sentence vectors the head reads: 1 (one segment) or 2 (siamese u, v)
+    task_kinds = ("classification", "regression")  # the data.TASKS kinds it can serve
 
     def __init__(self, task: str, hidden: int, dropout: float, binary_logit: bool):
         super().__init__()
@@ -101,6 +105,7 @@ class Concat(TaskHead):
 class CosEmb(TaskHead):
     """cos(u, v) in [-1, 1]; trained with CosineEmbeddingLoss against labels thresholded at 2.5."""
     segments = 2
+    task_kinds = ("regression",)  # a similarity score
 
     def forward(self, vectors):
         # vectors: [u, v], each (B, H) -> (B,)
@@ -122,6 +127,7 @@ class CosEmb(TaskHead):
 class CosD(TaskHead):
     """5 * sigmoid(20 * cos(W u + b, W v + b)), one d-wide Linear shared by both sentences."""
     segments = 2
+    task_kinds = ("regression",)  # a similarity score
 
     def __init__(self, task, hidden, dropout, binary_logit):
         super().__init__(task, hidden, dropout, binary_logit)
@@ -141,6 +147,7 @@ class CosD(TaskHead):
 class Cos2d1(TaskHead):
     """dropout -> Linear(2H + 1, 1) on [u; v; cos(u, v)]."""
     segments = 2
+    task_kinds = ("regression",)  # a similarity score
 
     def __init__(self, task, hidden, dropout, binary_logit):
         super().__init__(task, hidden, dropout, binary_logit)
@@ -162,37 +169,16 @@ def check_head(name: str, task: str):
     """A ValueError unless `name` is a head that can serve `task`."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r} for task {task}; choose one of {', '.join(HEADS)}")
-    if name.startswith("cos") and TASKS[task].kind != "regression":
-        raise ValueError(f"head {name!r} predicts a similarity score; task {task} is {TASKS[task].kind}")
+    kind = TASKS[task].kind
+    if kind not in HEADS[name].task_kinds:
+        raise ValueError(f"head {name!r} serves {' or '.join(HEADS[name].task_kinds)} tasks; task {task} is {kind}")
+
+
+def heads_reading(segments: int) -> list[str]:
+    """The heads that read this many sentence vectors: 1 (one segment) or 2 (siamese u, v)."""
+    return [name for name, head in HEADS.items() if head.segments == segments]
 
 
 def make_head(name: str, task: str, hidden: int, dropout: float = 0.1, binary_logit: bool = True) -> TaskHead:
     check_head(name, task)
     return HEADS[name](task, hidden, dropout, binary_logit)
-
-
-class MultitaskBert(nn.Module):
-    """One encoder, one head per task. `forward(task, batch)` -> the task's output."""
-
-    def __init__(self, bert: nn.Module, heads: dict[str, str], pooling: str = "cls",
-                 dropout: float = 0.1, binary_logit: bool = True):
-        super().__init__()
-        self.bert = bert
-        self.pooling = pooling
-        H = bert.config.hidden_size
-        self.heads = nn.ModuleDict({t: make_head(h, t, H, dropout, binary_logit) for t, h in heads.items()})
-
-    def embed(self, task: str, batch: dict) -> list[torch.Tensor]:
-        """Embedding-layer outputs (B, T, H), one per segment: where SMART adds its noise."""
-        return [self.bert.embeddings(seg["input_ids"], seg["token_type_ids"]) for seg in batch["segments"]]
-
-    def from_embeds(self, task: str, batch: dict, embeds: list[torch.Tensor], return_vectors: bool = False):
-        vectors = []
-        for e, seg in zip(embeds, batch["segments"]):
-            out = self.bert.encode(e, seg["attention_mask"] if seg.get("padded", True) else None)
-            vectors.append(pool(self.pooling, out.last_hidden_state, seg["attention_mask"], self.bert))
-        output = self.heads[task](vectors)
-        return (output, vectors) if return_vectors else output
-
-    def forward(self, task: str, batch: dict, return_vectors: bool = False):
-        return self.from_embeds(task, batch, self.embed(task, batch), return_vectors)

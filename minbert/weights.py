@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from minbert.config import BertConfig, check_attn_implementation
-from minbert.paths import DEFAULT_MODEL_NAME, default_model_dir, model_hint
+from minbert.run.paths import DEFAULT_MODEL_NAME, default_model_dir, model_hint
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 IDENTITY_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -59,7 +59,7 @@ def model_fingerprint(name_or_path: str | Path) -> str | None:
 
 
 def resolve_model_dir(name_or_path: str | Path, need_weights: bool = True) -> Path:
-    """The default model by its name (minbert/paths.py: $MINBERT_MODEL, else the installed
+    """The default model by its name (minbert/run/paths.py: $MINBERT_MODEL, else the installed
     package, its sha256 checked), a local folder, or a hub id fetched through huggingface_hub."""
     if str(name_or_path) == DEFAULT_MODEL_NAME:
         return default_model_dir()

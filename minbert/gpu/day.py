@@ -1,10 +1,10 @@
 """One command for a GPU day: every GPU measurement this project owes, in order, within a budget.
 
-    make gpu                                       # python -m minbert.gpu_day --budget 11
-    python -m minbert.gpu_day --dry_run            # every step at toy size on the CPU (tests/test_gpu_day.py)
-    python -m minbert.gpu_day bundle FILE          # model, data and commit in one file (gpu_bundle.py)
-    python -m minbert.gpu_day --bundle FILE        # on a GPU machine without network: take them from it
-    python -m minbert.gpu_day merge ARCHIVE        # the archive into results/ and docs/BENCHMARKS.md (gpu_merge.py)
+    make gpu                                       # python -m minbert.gpu.day --budget 11
+    python -m minbert.gpu.day --dry_run            # every step at toy size on the CPU (tests/test_gpu_day.py)
+    python -m minbert.gpu.day bundle FILE          # model, data and commit in one file (bundle.py)
+    python -m minbert.gpu.day --bundle FILE        # on a GPU machine without network: take them from it
+    python -m minbert.gpu.day merge ARCHIVE        # the archive into results/ and docs/BENCHMARKS.md (merge.py)
 
 A rented or shared GPU is often had for a short while only, so one command runs the whole
 programme and writes it to one folder, <out>/<date>-<device>/ (--out, default gpu_day/):
@@ -25,7 +25,7 @@ process), and the report quotes its error. The small files (results, logs, confi
 weights, no checkpoints) are packed into <out>/<stamp>.tar.gz, the one file to bring back
 (docs/GPU.md).
 
-The model and data are found as a training run finds them (minbert/paths.py); on a machine
+The model and data are found as a training run finds them (minbert/run/paths.py); on a machine
 without network they come in the bundle (--bundle FILE), unpacked into <out>/bundle/.
 """
 from __future__ import annotations
@@ -46,13 +46,14 @@ from pathlib import Path
 
 import torch
 
-from minbert import gpu_bundle, gpu_steps
-from minbert.checkpoint import git_commit
-from minbert.gpu_merge import main as merge
-from minbert.gpu_steps import PY, Day, iso, version
-from minbert.paths import MODEL_ENV, portable_command
+from minbert.gpu import bundle as gpu_bundle
+from minbert.gpu import steps as gpu_steps
+from minbert.gpu.merge import main as merge
+from minbert.gpu.steps import PY, Day, iso, version
+from minbert.run.folder import git_commit
+from minbert.run.paths import MODEL_ENV, portable_command
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARCHIVE_LIMIT = 16 * 2**20  # bytes: small enough to copy back from any remote machine
 SMALL = {".json", ".jsonl", ".md", ".txt", ".log", ".xml", ".png", ".csv"}  # what the archive takes
 NEEDED = ("torch", "tokenizers", "safetensors", "huggingface_hub", "numpy", "scipy", "tqdm", "pytest", "matplotlib")
@@ -80,7 +81,8 @@ def set_up(day: Day, bundle: str | None) -> str:
     elif day.data_dir == "data" and not (ROOT / "data" / "cs224n").exists():
         done = subprocess.run([PY, "data/prepare_data.py", "--tasks", ",".join(gpu_bundle.DAY_TASKS)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        notes.append("data/ prepared (make data)" + ("" if done.returncode == 0 else f": failed, exit {done.returncode}"))
+        failed = f": failed, exit {done.returncode}" if done.returncode else ""
+        notes.append(f"data/ prepared (make data){failed}")
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     if missing:  # never the pinned CPU torch over a CUDA build: the missing ones only, and quickly (no network?)
         try:
@@ -128,15 +130,16 @@ def main(argv=None) -> int:
         return merge(argv[1:])
     if argv[:1] == ["bundle"]:
         return bundle(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m minbert.gpu.day", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=None,
                     help="minutes for the whole programme (default 11; 30 with --dry_run, whose steps must all finish)")
     ap.add_argument("--dry_run", action="store_true", help="every step at toy size, on the CPU")
-    ap.add_argument("--out", default="gpu_day", help="the folder the day's folder and its archive go in (default gpu_day/)")
-    ap.add_argument("--bundle", default=None, help="a file made by `python -m minbert.gpu_day bundle FILE`: the model, "
+    ap.add_argument("--out", default="gpu_day", help="where the day's folder and its archive go (default gpu_day/)")
+    ap.add_argument("--bundle", default=None, help="a file made by `python -m minbert.gpu.day bundle FILE`: the model, "
                                                    "data and commit for a machine without network")
     ap.add_argument("--presets", default=None, help="the table's presets (default: those results/ lacks)")
-    ap.add_argument("--data_dir", default="data", help="the prepared data (default data/: `make data`, or the bundle's)")
+    ap.add_argument("--data_dir", default="data", help="the prepared data (default data/, or the bundle's)")
     ap.add_argument("--model", default="", help="the model (default: the presets', all-MiniLM-L6-v2)")
     ap.add_argument("--skip", default="", help="comma-separated steps to leave out (tests use it)")
     args = ap.parse_args(argv)
@@ -151,7 +154,8 @@ def main(argv=None) -> int:
     day = Day(out=Path(args.out).resolve() / stamp, dry=args.dry_run, end=t0 + 60 * args.budget - 30,
               data_dir=args.data_dir, model=args.model)
     day.out.mkdir(parents=True, exist_ok=True)
-    day.say(f"# GPU day {stamp}{' (dry run)' if day.dry else ''}\n\n`{' '.join(['python -m minbert.gpu_day', *argv])}`\n")
+    command = " ".join(["python -m minbert.gpu.day", *argv])
+    day.say(f"# GPU day {stamp}{' (dry run)' if day.dry else ''}\n\n`{command}`\n")
     try:
         day.say(f"- setup: {set_up(day, args.bundle)}")
     except (OSError, ValueError) as e:
@@ -161,7 +165,8 @@ def main(argv=None) -> int:
     (day.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     day.say(f"- environment: {env['gpu']}, driver {env['nvidia_smi']}, torch {env['torch']}, CUDA {env['cuda']}, "
             f"commit {env['commit']}")
-    day.presets = args.presets.split(",") if args.presets else gpu_steps.table_presets(ROOT / "results" / "cs224n_table.json")
+    day.presets = (args.presets.split(",") if args.presets
+                   else gpu_steps.table_presets(ROOT / "results" / "cs224n_table.json"))
     have_data = (Path(day.data_dir) / "cs224n").exists() if Path(day.data_dir).is_absolute() else \
         (ROOT / day.data_dir / "cs224n").exists()
     skip = set(filter(None, args.skip.split(",")))
@@ -196,7 +201,7 @@ def main(argv=None) -> int:
 
 
 def bundle(argv) -> int:
-    ap = argparse.ArgumentParser(prog="python -m minbert.gpu_day bundle", description=gpu_bundle.__doc__,
+    ap = argparse.ArgumentParser(prog="python -m minbert.gpu.day bundle", description=gpu_bundle.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", help="the bundle to write (a .tar.gz)")
     ap.add_argument("--data_dir", default="data", help="where the day's data are (default data/: `make data`)")

@@ -29,17 +29,16 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from minbert.paths import portable_command
-from minbert.report import write_table
-from minbert.shards import PlannedRun, status
+from minbert.run.paths import portable_command
+from minbert.sweep.report import write_table
+from minbert.sweep.shards import PlannedRun, status
 
-SCRIPT = Path(__file__).resolve().parents[1] / "train_multitask.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "train_multitask.py"
 
 
 def as_flags(overrides: dict) -> list[str]:
@@ -170,5 +169,6 @@ def run_shards(argv: list[str], jobs: int, out: Path, runs: list[PlannedRun]) ->
                 for k in range(jobs)}
     logs = {name: out / f"shard-{k}.log" for k, name in enumerate(commands)}
     failed, _ = run_processes(commands, logs, jobs, "shard",
-                              lambda running: f"{sum(status(r) == 'finished' for r in runs)} of {len(runs)} runs finished")
+                              lambda running: f"{sum(status(r) == 'finished' for r in runs)} of {len(runs)} "
+                                              f"runs finished")
     return failed

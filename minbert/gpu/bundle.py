@@ -1,13 +1,13 @@
 """One file that carries what a GPU day needs to a machine without network: the default model,
 the data of the day's tasks and the commit of the code.
 
-    python -m minbert.gpu_day bundle gpu_bundle.tar.gz      # here, where the model and data are
-    python -m minbert.gpu_day --bundle gpu_bundle.tar.gz    # there (unpacked into gpu_day/bundle/)
+    python -m minbert.gpu.day bundle gpu_bundle.tar.gz      # here, where the model and data are
+    python -m minbert.gpu.day --bundle gpu_bundle.tar.gz    # there (unpacked into gpu_day/bundle/)
 
 The model's float32 weights (91 MB) are stored as float16 for the trip, so that the bundle
 stays under LIMIT (about 50 MiB in all); they are widened back to float32 on loading, and the
 model folder's rounded.json names the float32 original they were rounded from, so that the
-default model's sha256 check (minbert/paths.py) accepts this copy and no other. A GPU day run
+default model's sha256 check (minbert/run/paths.py) accepts this copy and no other. A GPU day run
 from a bundle trains on the float16-rounded weights; its report says so.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minbert.data import TASKS
-from minbert.paths import DEFAULT_MODEL_NAME, MODEL_SHA256, ROUNDED_RECORD, default_model_dir, file_sha256
+from minbert.run.paths import DEFAULT_MODEL_NAME, MODEL_SHA256, ROUNDED_RECORD, default_model_dir, file_sha256
 
 LIMIT = 60 * 2**20  # bytes
 DAY_TASKS = ("sst", "quora", "sts", "mrpc")  # the table's three (and the benchmarks'), M-FAC's and the grid's one
@@ -39,7 +39,8 @@ def commit(root: Path) -> str:
     head = git("rev-parse", "--short", "HEAD")
     if head.returncode != 0:
         return "unknown"
-    return head.stdout.strip() + ("+dirty" if git("status", "--porcelain", "--untracked-files=no").stdout.strip() else "")
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def rounded_model(folder: Path, into: Path) -> Path:
@@ -83,13 +84,14 @@ def make(path: Path, data_dir: Path, root: Path) -> str:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    return f"{path}: {size / 2**20:.1f} MiB, commit {manifest['commit']}, {manifest['model']}, data of {', '.join(DAY_TASKS)}"
+    return (f"{path}: {size / 2**20:.1f} MiB, commit {manifest['commit']}, {manifest['model']}, "
+            f"data of {', '.join(DAY_TASKS)}")
 
 
 def unpack(path: Path, into: Path) -> dict:
     """The bundle into `into` (model/, data/, bundle.json), replacing an earlier one; its manifest."""
     if not path.is_file():
-        raise FileNotFoundError(f"--bundle {path}: no such file (make it with `python -m minbert.gpu_day bundle FILE`)")
+        raise FileNotFoundError(f"--bundle {path}: no such file (make it with `python -m minbert.gpu.day bundle FILE`)")
     if into.exists():
         shutil.rmtree(into)
     with tarfile.open(path) as tar:
