@@ -76,7 +76,7 @@ def test_the_day_runs_from_a_bundle_into_its_out_folder_only(as_default, tiny_da
     assert f"from {tmp_path / 'b.tar.gz'}: all-MiniLM-L6-v2, weights rounded to float16 for the trip" in report
     assert resolve_model_dir("all-MiniLM-L6-v2") == out / "bundle" / "model"  # the steps' processes find it
     assert (out / "bundle" / "data" / "cs224n" / "ids-sst-train.csv").exists()
-    assert list(out.glob("*-dry.tar.gz")) and not any((tmp_path / "elsewhere").iterdir()), "files went to $OUT"
+    assert list(out.glob("*-dry.tar.gz")) and not any((tmp_path / "elsewhere").iterdir()), "the day wrote outside --out"
 
 
 def test_a_missing_bundle_is_one_line(tmp_path, capsys):
