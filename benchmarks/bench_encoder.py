@@ -4,8 +4,8 @@ the same weights, on the same batch, sequence length and dtype; forward + backwa
     python benchmarks/bench_encoder.py --device cpu --threads 1 --configs minilm
     python benchmarks/bench_encoder.py --device cuda --modes fp32,bf16,bf16+compile --json enc.json
 
-Configs: "minilm" loads ../shared/models/all-MiniLM-L6-v2 into both (random weights of
-its shape when the folder is absent); "bert-base" builds our model from BertConfig()
+Configs: "minilm" loads all-MiniLM-L6-v2 (minbert/run/paths.py) into both (random weights of
+its shape where it is not installed); "bert-base" builds our model from BertConfig()
 and loads its state dict into transformers.BertModel(transformers.BertConfig()) (the
 key names are the same). Attention: our "math" against HF "eager", "sdpa" against
 "sdpa". Modes: fp32, bf16 (autocast, CUDA only), and either with "+compile" (torch.compile

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds minbert/ and benchmarks/
-from benchmarks.common import SHARED, environment, report  # noqa: E402
+from benchmarks.common import DATA, environment, report  # noqa: E402
 from minbert.experiments import PRESETS, preset  # noqa: E402
 from minbert.trainer import Trainer  # noqa: E402
 
@@ -98,7 +98,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3, help="training updates per preset")
     ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--data_dir", default=str(SHARED / "data"))
+    ap.add_argument("--data_dir", default=DATA)
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: the CPU child process
     args = ap.parse_args()

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds minbert/ and benchmarks/
-from benchmarks.common import SHARED, add_common_args, alternate, environment, report, setup  # noqa: E402
+from benchmarks.common import DATA, add_common_args, alternate, environment, report, setup  # noqa: E402
 from minbert.batches import bucketed, length_keys  # noqa: E402
 from minbert.experiments import preset  # noqa: E402
 from minbert.trainer import Trainer  # noqa: E402
@@ -49,7 +49,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="baseline")
     ap.add_argument("--model", default=None, help="model folder (default: the preset's, all-MiniLM-L6-v2)")
-    ap.add_argument("--data_dir", default=str(SHARED / "data"))
+    ap.add_argument("--data_dir", default=DATA)
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--windows", default="0,8,32,128", help="comma-separated bucket windows; 0: random batches")
     ap.add_argument("--time_steps", type=int, default=0, help="> 0: also time this many updates per stream")
@@ -57,7 +57,7 @@ def main():
     args = ap.parse_args()
     device = setup(args)
     if not (Path(args.data_dir) / "cs224n" / "sts-train.csv").exists():
-        sys.exit(f"no CS224N data in {args.data_dir}: run `python data/prepare_data.py --from ../shared/data` "
+        sys.exit(f"no CS224N data in {args.data_dir}: run `make data` "
                  f"or pass --data_dir")
     windows = [int(w) for w in args.windows.split(",")]
 

@@ -32,7 +32,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds minbert/ and benchmarks/
-from benchmarks.common import SHARED, environment  # noqa: E402
+from benchmarks.common import environment  # noqa: E402
 from minbert.experiments import PRESETS, preset  # noqa: E402
 from minbert.model import BertSelfAttention  # noqa: E402
 from minbert.smart import MomentumTeacher  # noqa: E402
@@ -158,7 +158,7 @@ def main():
                                                      "(the 13 and glue)")
     ap.add_argument("--modes", default="bf16,tf32", help=f"comma-separated, of: {', '.join(MODES)}")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    ap.add_argument("--model", default=str(SHARED / "models" / "all-MiniLM-L6-v2"))
+    ap.add_argument("--model", default="all-MiniLM-L6-v2")
     ap.add_argument("--data_dir", default="data")
     ap.add_argument("--rows", type=int, default=2000, help="read the first ROWS rows of each data file (0: all)")
     ap.add_argument("--batch_size", type=int, default=8, help="the presets' batch (glue: 32)")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds minbert/ and benchmarks/
-from benchmarks.common import SHARED, add_common_args, clock, environment, interleave, report, setup  # noqa: E402
+from benchmarks.common import DATA, add_common_args, clock, environment, interleave, report, setup  # noqa: E402
 from minbert.evaluation import uses_bf16  # noqa: E402
 from minbert.experiments import PRESETS, preset  # noqa: E402
 from minbert.optim import MFAC  # noqa: E402
@@ -86,7 +86,7 @@ def step_of(trainer: Trainer, opts: list):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="gse", help=f"comma-separated, or 'all': {', '.join(CS224N_PRESETS)}")
-    ap.add_argument("--data_dir", default=str(SHARED / "data"))
+    ap.add_argument("--data_dir", default=DATA)
     ap.add_argument("--synthetic_words", type=int, default=24, help="sentence length when the data is absent")
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--fast", action="store_true", help="build every Trainer with --fast (SDPA, foreach AdamW)")

@@ -25,10 +25,20 @@ from pathlib import Path
 
 import torch
 
-from minbert.run.paths import shared_dir
+from minbert.run.paths import default_model_dir, portable_command, shared_data
 
-SHARED = shared_dir()  # $MINBERT_SHARED or ../shared (minbert/run/paths.py)
-MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
+DATA = str(shared_data() or "data")  # $MINBERT_DATA, else ../shared/data where it exists, else data/ (make data)
+
+
+def _minilm() -> Path:
+    """all-MiniLM-L6-v2's folder (minbert/run/paths.py); a path that does not exist where it is not installed."""
+    try:
+        return default_model_dir()
+    except FileNotFoundError:
+        return Path("all-MiniLM-L6-v2 (not installed)")
+
+
+MINILM = _minilm()
 
 # Dense peak TFLOP/s from NVIDIA's data sheets (no 2:4 sparsity): (bf16 tensor core, fp32).
 # fp32 is the non-tensor-core figure: the scripts keep torch's default float32 matmul
@@ -157,7 +167,7 @@ def environment(device: torch.device) -> dict:
     from minbert.run.folder import git_commit
     env = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device_name(device),
            "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "commit": git_commit(), "command": " ".join(sys.argv)}
+           "commit": git_commit(), "command": portable_command()}
     if "transformers" in sys.modules:  # the reference, where the script compares against it
         env["transformers"] = sys.modules["transformers"].__version__
     if hasattr(os, "getloadavg"):  # other jobs on the machine while we measured

@@ -3,8 +3,8 @@ the regulariser's size per task at the paper's values, what bf16 autocast does t
 and to the Bregman term, and what running SMART's passes in float32 under autocast costs.
 
     python benchmarks/smart_readings.py --threads 1 --batches 3 --json docs/benchmarks/smart-readings-cpu.json
-    git show 769a6fc:minbert/smart.py > /tmp/smart_769a6fc.py    # the form of commit 769a6fc, measured beside:
-    python benchmarks/smart_readings.py --threads 1 --batches 3 --also /tmp/smart_769a6fc.py --no_timing
+    git show 769a6fc:minbert/smart.py > smart_769a6fc.py    # the earlier form, measured beside:
+    python benchmarks/smart_readings.py --threads 1 --batches 3 --also smart_769a6fc.py --no_timing
 
 R is smart_regularizer(...) at lambda-free paper values (sigma = eps = 1e-5, eta = 1e-3, one
 step) on batches of --batch_size consecutive dev examples of each task, dropout off (eval mode),

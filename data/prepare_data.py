@@ -1,20 +1,24 @@
-"""The data step: put the CS224N and GLUE files where minbert.data looks for them.
+"""The data step: put the CS224N and GLUE files where minbert.data looks for them (data/).
 
-    python data/prepare_data.py --from ../shared/data   # copy from a local folder (offline)
-    python data/prepare_data.py                         # download the public files (online)
-    python data/prepare_data.py --to elsewhere/         # another target folder (default: data/)
+    python data/prepare_data.py                        # from where the data are (below)
+    python data/prepare_data.py --from PATH            # copy from a local folder laid out like data/
+    python data/prepare_data.py --mirror URL           # download from a copy laid out like data/
+    python data/prepare_data.py --tasks sst,mrpc       # only these tasks' files (default: all)
+    python data/prepare_data.py --to elsewhere/        # another target folder (default: data/)
+
+Where the files come from, the first that holds: --from PATH, else $MINBERT_DATA, else the
+folder ../shared/data beside the repository where it exists (all three copied), else a
+download of the public files: from --mirror URL where given (URL/cs224n/..., URL/glue/MRPC/...),
+else from fixed commits of public repositories and the GLUE benchmark's QQP zip (below).
 
 The files wanted are those named in minbert.data.TASKS (cs224n/*.csv, glue/{MRPC,
-STS-B,SST-2,QQP}/*.tsv). Each file is read back with read_file once it is in place,
-and a file that is already there and unchanged is left alone, so the step can be
-run again at any time. The data files are git-ignored; never commit them.
-
-Downloads come from the commits recorded in ../shared/data/SOURCES-full.md and
-are checked against the sha256 sums recorded there. Two differ from the copies
-in ../shared/data: quora-train.csv is the full CS224N file (~141k rows; the shared
-copy is a 13.5k-row subset) and QQP comes from the GLUE benchmark's own zip.
-GLUE's MRPC train.tsv is built the way GLUE's download script builds it:
-msr_paraphrase_train.txt without the pairs listed in dev_ids.tsv.
+STS-B,SST-2,QQP}/*.tsv). A downloaded file must have the sha256 pinned below (the files
+without one, the full quora-train.csv, quora-test-student.csv and QQP, are read back only);
+one that differs is refused, and nothing of it is written. Each file is read back with
+read_file once it is in place, and a file already there and unchanged is left alone, so the
+step can be run again at any time, and downloads nothing then. The data files are
+git-ignored; never commit them. GLUE's MRPC train.tsv is built the way GLUE's download
+script builds it: msr_paraphrase_train.txt without the pairs listed in dev_ids.tsv.
 """
 from __future__ import annotations
 
@@ -32,15 +36,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from minbert.data import TASKS, DataError, read_file  # noqa: E402
-from minbert.run.paths import shared_dir  # noqa: E402
+from minbert.run.paths import DATA_ENV, data_hint, shared_data  # noqa: E402
 
 CS224N_URL = ("https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/"
               "7ac8260577fc12a86c7aaf38918056c30054ef39/data/")
 GLUE_URL = "https://raw.githubusercontent.com/F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data/"
 QQP_ZIP_URL = "https://dl.fbaipublicfiles.com/glue/data/QQP-clean.zip"
-TIMEOUT_S = 30
+TIMEOUT_S = 30  # seconds a server may stay silent before the download stops
 
-# sha256 of the published files (SOURCES-full.md); files not listed are not checked
+# sha256 of the published files at the commits above; files not listed are read back only
 SHA256 = {
     "cs224n/ids-sst-train.csv": "03b2b625c090f94a6afd59f114cde5282e2053aab0b101e87ed695d8a0c5b1df",
     "cs224n/ids-sst-dev.csv": "a186ce94577635fbe10beaaddd50f16cccf6c30973221cefdf90deed2a584bfe",
@@ -68,9 +72,10 @@ class Offline(Exception):
     pass
 
 
-def wanted_files() -> list[tuple[str, str, str]]:
-    """(relative path, task, split) for every file of every task."""
-    return [(rel, name, split) for name, spec in TASKS.items() for split, rel in spec.files.items()]
+def wanted_files(tasks=None) -> list[tuple[str, str, str]]:
+    """(relative path, task, split) for every file of the tasks (default: all)."""
+    return [(rel, name, split) for name, spec in TASKS.items() if tasks is None or name in tasks
+            for split, rel in spec.files.items()]
 
 
 def sha256(path: Path) -> str:
@@ -102,20 +107,24 @@ def reported(status: str, rel: str, dst: Path, task: str, split: str) -> bool:
 
 
 def write_atomically(path: Path, data: bytes):
+    """The whole file or nothing: a full disk or an interrupt leaves no half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- copying
 
-def copy_from(source: Path, target: Path) -> int:
+def copy_from(source: Path, target: Path, tasks=None) -> int:
     if not source.is_dir():
-        print(f"error: {source} is not a folder; expected one holding cs224n/ and glue/ (like ../shared/data)")
+        print(f"error: {source} is not a folder; expected one holding cs224n/ and glue/ (laid out like data/)")
         return 1
     copied = same = missing = failed = 0
-    for rel, task, split in wanted_files():
+    for rel, task, split in wanted_files(tasks):
         src, dst = source / rel, target / rel
         if not src.is_file():
             print(f"  absent   {rel}  (not in {source})")
@@ -139,15 +148,19 @@ def copy_from(source: Path, target: Path) -> int:
 # ---------------------------------------------------------------------------- downloading
 
 @lru_cache(maxsize=None)
-def fetch(url: str) -> bytes:
-    """GET a URL. A missing file (HTTP error) raises; no network at all raises Offline."""
+def fetch(url: str, timeout: float = TIMEOUT_S) -> bytes:
+    """GET a URL. A missing file (HTTP error) raises; no network, or a server that stops
+    answering for `timeout` seconds, raises Offline."""
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read()
     except urllib.error.HTTPError:
         raise
     except (urllib.error.URLError, TimeoutError, OSError) as err:
-        raise Offline(f"could not reach {url} ({getattr(err, 'reason', err)})") from None
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, TimeoutError) or isinstance(err, TimeoutError):
+            raise Offline(f"{url} stopped answering (no data for {timeout:g} s)") from None
+        raise Offline(f"could not reach {url} ({reason})") from None
 
 
 def derive_mrpc_train(msr_train: str, dev_ids: str) -> str:
@@ -164,35 +177,38 @@ def derive_mrpc_train(msr_train: str, dev_ids: str) -> str:
     return "".join(out)
 
 
-def download_bytes(rel: str) -> bytes:
+def download_bytes(rel: str, mirror: str | None = None, timeout: float = TIMEOUT_S) -> bytes:
+    if mirror:  # a copy laid out like data/
+        return fetch(f"{mirror.rstrip('/')}/{rel}", timeout)
     if rel.startswith("cs224n/"):
-        return fetch(CS224N_URL + rel.removeprefix("cs224n/"))
+        return fetch(CS224N_URL + rel.removeprefix("cs224n/"), timeout)
     if rel == "glue/MRPC/train.tsv":
-        msr = fetch(GLUE_URL + "MRPC/msr_paraphrase_train.txt").decode("utf-8")
-        ids = fetch(GLUE_URL + "MRPC/dev_ids.tsv").decode("utf-8")
+        msr = fetch(GLUE_URL + "MRPC/msr_paraphrase_train.txt", timeout).decode("utf-8")
+        ids = fetch(GLUE_URL + "MRPC/dev_ids.tsv", timeout).decode("utf-8")
         return derive_mrpc_train(msr, ids).encode("utf-8")
     if rel.startswith("glue/QQP/"):
-        with zipfile.ZipFile(io.BytesIO(fetch(QQP_ZIP_URL))) as archive:
+        with zipfile.ZipFile(io.BytesIO(fetch(QQP_ZIP_URL, timeout))) as archive:
             return archive.read(rel.removeprefix("glue/"))  # the zip holds QQP/train.tsv, ...
-    return fetch(GLUE_URL + rel.removeprefix("glue/"))
+    return fetch(GLUE_URL + rel.removeprefix("glue/"), timeout)
 
 
-def download_to(target: Path, force: bool) -> int:
+def download_to(target: Path, force: bool, tasks=None, mirror: str | None = None, timeout: float = TIMEOUT_S) -> int:
     done = same = failed = 0
-    for rel, task, split in wanted_files():
+    for rel, task, split in wanted_files(tasks):
         dst = target / rel
         if dst.is_file() and not force and (rel not in SHA256 or sha256(dst) == SHA256[rel]):
             status = "same"
             same += 1
         else:
             try:
-                data = download_bytes(rel)
+                data = download_bytes(rel, mirror, timeout)
             except (urllib.error.HTTPError, KeyError) as err:
                 print(f"  FAILED   {rel}: {err}")
                 failed += 1
                 continue
             if rel in SHA256 and hashlib.sha256(data).hexdigest() != SHA256[rel]:
-                print(f"  FAILED   {rel}: sha256 differs from the one recorded in SOURCES-full.md")
+                print(f"  FAILED   {rel}: refused, its sha256 {hashlib.sha256(data).hexdigest()[:16]}... is not the "
+                      f"pinned {SHA256[rel][:16]}... (a changed or damaged file); nothing written")
                 failed += 1
                 continue
             write_atomically(dst, data)
@@ -206,22 +222,34 @@ def download_to(target: Path, force: bool) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--from", dest="source", type=Path,
-                        help="copy from this folder (laid out as cs224n/ and glue/) instead of downloading")
+                        help=f"copy from this folder (laid out as cs224n/ and glue/); default ${DATA_ENV}, "
+                             f"else ../shared/data where it exists, else download")
+    parser.add_argument("--mirror", default=None,
+                        help="download from this base URL, laid out like data/ (URL/cs224n/..., URL/glue/MRPC/...)")
     parser.add_argument("--to", dest="target", type=Path, default=Path(__file__).resolve().parent,
                         help="where the files go (default: the data/ folder of this repo)")
+    parser.add_argument("--tasks", default=None,
+                        help=f"comma-separated tasks whose files to get (default: all: {','.join(TASKS)})")
     parser.add_argument("--force", action="store_true", help="download again even when a file is in place")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S,
+                        help=f"seconds a server may stay silent before the download stops (default {TIMEOUT_S})")
     args = parser.parse_args(argv)
+    tasks = args.tasks.split(",") if args.tasks else None
+    unknown = sorted(set(tasks or ()) - set(TASKS))
+    if unknown:
+        print(f"error: --tasks: unknown {', '.join(unknown)}; known tasks: {', '.join(TASKS)}", file=sys.stderr)
+        return 2
     logging.getLogger("minbert.data").setLevel(logging.ERROR)  # skipped rows are printed below instead
 
-    if args.source is not None:
-        print(f"copying from {args.source} to {args.target}")
-        return copy_from(args.source, args.target)
-    print(f"downloading to {args.target}")
+    source = args.source or (None if args.mirror else shared_data())
+    if source is not None:
+        print(f"copying from {source} to {args.target}")
+        return copy_from(source, args.target, tasks)
+    print(f"downloading from {args.mirror or 'the public sources'} to {args.target}")
     try:
-        return download_to(args.target, args.force)
+        return download_to(args.target, args.force, tasks, args.mirror, args.timeout)
     except Offline as err:
-        print(f"error: {err}. No network? Copy the files from a local folder instead:\n"
-              f"    python data/prepare_data.py --from PATH    (e.g. --from {shared_dir() / 'data'})", file=sys.stderr)
+        print(f"error: no data: {err}; {data_hint()}", file=sys.stderr)
         return 2
 
 

@@ -24,7 +24,7 @@ The real files have three bad rows (measured; see data/README.md):
   9054345d02cd6c5642a4904dc): a question starts with a stray `"`, and the row's
   `is_duplicate` is empty (line 14222 also lost sentence2). The quoting broke
   where the file was made, and the label with it; there is nothing to recover.
-- quora-train.csv line 5001 (the copy in ../shared/data): 9 fields instead of 5,
+- quora-train.csv line 5001 (a 13,507-row copy): 9 fields instead of 5,
   two rows joined by a missing newline, the label of the first glued to the
   index of the second (`0.068003`).
 Training should read with on_error="skip": 20212 of 20214 dev rows and
@@ -43,7 +43,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
-PREPARE_HINT = "Run `python data/prepare_data.py --from ../shared/data` (or without --from to download)"
+PREPARE_HINT = "Run `make data` (python data/prepare_data.py: --from PATH copies a local folder, else it downloads)"
 
 
 @dataclass(frozen=True)

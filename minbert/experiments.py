@@ -24,12 +24,12 @@ from minbert.heads import HEADS, check_head, heads_reading
 from minbert.optim import MFAC
 from minbert.pooling import POOLERS
 from minbert.run.compat import upgrade_config
-from minbert.run.paths import default_model
+from minbert.run.paths import DEFAULT_MODEL_NAME
 from minbert.smart import DEFAULTS as SMART
 from minbert.smart import READINGS as SMART_READINGS
 from minbert.updates import UPDATES
 
-DEFAULT_MODEL = str(default_model())  # $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/... (run/paths.py)
+DEFAULT_MODEL = DEFAULT_MODEL_NAME  # found through $MINBERT_MODEL, else the installed package (run/paths.py)
 # The allowed values of every enum-like field (name -> what it means, or the registry itself), for
 # the checks and --help. The registries (UPDATES, POOLERS) are the dicts themselves, so an entry
 # added there is allowed and listed here at once; HEADS are checked by heads.check_head.

@@ -168,7 +168,7 @@ class Trainer:
 
         self.step, self.best, self.history, self.nonfinite_skipped = 0, {"overall": -math.inf}, [], 0
         self.stopped_at_deadline = False
-        self.cost = folder.Cost(self.device)  # wall time, update time, peak memory, commits: over all sessions
+        self.cost = folder.Cost(self.device)  # wall time, update time, peak memory, commits: over all resumed runs
 
     def say(self, msg: str):
         if not self.quiet:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from minbert.config import BertConfig, check_attn_implementation
-from minbert.run.paths import where_hint
+from minbert.run.paths import DEFAULT_MODEL_NAME, default_model_dir, model_hint
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 IDENTITY_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -36,6 +36,11 @@ def model_fingerprint(name_or_path: str | Path) -> str | None:
     each weights file its name, size and first and last MiB, so a copy or a moved folder
     gives the same value and another model (even one of the same shape) another. A hub id is
     its own identity ("hub:<id>", nothing downloaded); a local path with no folder is None."""
+    if str(name_or_path) == DEFAULT_MODEL_NAME:
+        try:
+            name_or_path = default_model_dir()
+        except (FileNotFoundError, ValueError):
+            return None
     folder = Path(name_or_path).expanduser()
     if not folder.is_dir():
         return None if is_local_path(name_or_path) or folder.exists() else f"hub:{name_or_path}"
@@ -54,14 +59,17 @@ def model_fingerprint(name_or_path: str | Path) -> str | None:
 
 
 def resolve_model_dir(name_or_path: str | Path, need_weights: bool = True) -> Path:
-    """A local folder, or a hub id fetched through huggingface_hub into its cache."""
+    """The default model by its name (minbert/run/paths.py: $MINBERT_MODEL, else the installed
+    package, its sha256 checked), a local folder, or a hub id fetched through huggingface_hub."""
+    if str(name_or_path) == DEFAULT_MODEL_NAME:
+        return default_model_dir()
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise NotADirectoryError(f"{path} is a file; pass the model folder that holds config.json and the weights")
     if is_local_path(name_or_path):
-        raise FileNotFoundError(f"no model folder at {path}: {where_hint()}")
+        raise FileNotFoundError(f"no model folder at {path}: {model_hint()}")
     try:
         patterns = HUB_PATTERNS if need_weights else [p for p in HUB_PATTERNS if "safetensors" not in p]
         folder = Path(huggingface_hub.snapshot_download(str(name_or_path), allow_patterns=patterns))
@@ -73,9 +81,7 @@ def resolve_model_dir(name_or_path: str | Path, need_weights: bool = True) -> Pa
     except Exception as e:  # network, auth, or repo errors all end the same way for the user
         raise OSError(
             f"could not fetch {str(name_or_path)!r} from the Hugging Face hub ({type(e).__name__}); "
-            f"if this machine is offline, pass a local model folder instead, e.g. "
-            f"--model $MINBERT_SHARED/models/all-MiniLM-L6-v2 (a folder with config.json and model.safetensors)"
-        ) from None
+            f"if this machine is offline, pass a local model folder instead: {model_hint()}") from None
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:

@@ -1,5 +1,7 @@
-"""Shared paths for the tests. The real weights and data live outside the project, in
-../shared (or where MINBERT_SHARED points: minbert/run/paths.py); tests that need them skip with a reason."""
+"""Paths and fixtures for the tests. The default model is found as a run finds it
+(minbert/run/paths.py: $MINBERT_MODEL, else the installed package); the real data through
+$MINBERT_DATA or ../shared/data; the CS224N starter's reference files in ../shared/reference.
+Tests that need one of them skip, naming what is missing and how to give it."""
 import importlib.util
 from pathlib import Path
 
@@ -7,11 +9,22 @@ import pytest
 
 from minbert.exercises import ExerciseNotImplemented
 from minbert.exercises.registry import EXERCISES, exercises_of
-from minbert.run.paths import SHARED_ENV, default_model, shared_dir
+from minbert.run.paths import DATA_ENV, MODEL_ENV, default_model_dir, shared_data
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = shared_dir()
-MINILM = default_model()
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"  # the CS224N starter's reference outputs, where a copy lies beside the repository
+DATA = shared_data() or SHARED / "data"
+
+
+def _default_model() -> Path:
+    try:
+        return default_model_dir()
+    except FileNotFoundError:
+        return Path("all-MiniLM-L6-v2 (not installed)")
+
+
+MINILM = _default_model()
 
 
 def fixture_script(name: str):
@@ -22,9 +35,10 @@ def fixture_script(name: str):
     return module
 
 
-def need(path: Path, what: str):
+def need(path: Path, what: str, kind: str = ""):
     if not path.exists():
-        pytest.skip(f"{what} not found at {path} (set {SHARED_ENV} to the folder holding models/ and data/)")
+        how = {"model": f"make setup installs it, or set {MODEL_ENV}", "data": f"set {DATA_ENV}"}
+        pytest.skip(f"{what} not found at {path} ({how.get(kind, 'a copy beside the repository, ../shared')})")
     return path
 
 
@@ -75,16 +89,20 @@ def compiler():
     import shutil
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler (g++, c++ or clang++); none on the PATH")
+    from minbert.run.paths import compile_path_problem
+    problem = compile_path_problem()
+    if problem:
+        pytest.skip(problem)
 
 
 @pytest.fixture
 def minilm_dir():
-    return need(MINILM, "all-MiniLM-L6-v2 weights")
+    return need(MINILM, "all-MiniLM-L6-v2 weights", "model")
 
 
 # ---------------------------------------------------------------- tiny model and data
 # A 2-layer BERT with a 60-word vocabulary and small data files in the real layouts, so
-# that every preset can train a few steps in seconds. Written fresh by each test session.
+# that every preset can train a few steps in seconds. Written fresh by each run of the tests.
 
 WORDS = ("good great fun lovely superb bad awful boring dull poor movie film plot actor story scene "
          "music ending the a is was very not really quite how what why can i do get learn make "

@@ -10,7 +10,7 @@ from minbert.optim import AdamW
 
 
 def test_cs224n_reference():
-    """As ../shared/data/README.md describes: Linear(3, 2), 1000 steps, lr 1e-3, wd 1e-4."""
+    """The CS224N starter's optimizer_test.npy: Linear(3, 2), 1000 steps, lr 1e-3, wd 1e-4."""
     ref = np.load(need(SHARED / "reference" / "cs224n" / "optimizer_test.npy", "CS224N optimizer_test.npy"))
     rng = np.random.default_rng(0)
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """Tests for minbert/data.py and data/prepare_data.py.
 
 Fixture files are written into tmp_path by the tests themselves. The tests on the
-real files run where ../shared/data exists (or $MINBERT_SHARED/data: minbert/run/paths.py).
+real files run where $MINBERT_DATA or ../shared/data holds them (minbert/run/paths.py).
 """
 import importlib.util
 import logging
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DATA
 from minbert.data import SPLITS, TASKS, DataError, Example, read_file, read_split
-from minbert.run.paths import shared_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = shared_dir() / "data"
+SHARED = DATA
 needs_shared = pytest.mark.skipif(not (SHARED / "cs224n").is_dir(), reason=f"no real data at {SHARED}")
 
 # CS224N layout: tab-separated, csv quoting, unnamed index column first
@@ -164,7 +164,7 @@ def test_missing_file(tmp_path):
         read_split("sst", tmp_path, "dev")
     message = str(info.value)
     assert str(tmp_path / "cs224n/ids-sst-dev.csv") in message and "expected" in message
-    assert "python data/prepare_data.py --from ../shared/data" in message
+    assert "make data" in message and "--from PATH" in message
 
 
 def test_missing_column(tmp_path):
@@ -365,9 +365,11 @@ def test_prepare_offline_message(tmp_path, prepare, monkeypatch, capsys):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(prepare.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(prepare, "shared_data", lambda: None)  # no $MINBERT_DATA, no ../shared/data
     assert prepare.main(["--to", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "could not reach" in err and "--from PATH" in err
+    assert "could not reach" in err and "--from PATH" in err and "MINBERT_DATA" in err and "../shared/data" in err
+    assert "--mirror URL" in err and err.count("\n") == 1, err
     assert not any(tmp_path.iterdir())
 
 

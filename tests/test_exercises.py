@@ -23,8 +23,6 @@ from conftest import FIXTURES
 from minbert.exercises import EXERCISES
 from minbert.exercises.regions import IMPORT, MANIFEST, MarkerError, find_regions, make, scan, source_files, stub
 from minbert.exercises.registry import STUDENTS, name_pattern
-from minbert.run.paths import SHARED_ENV, default_model, shared_dir
-from minbert.weights import resolve_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 if (ROOT / MANIFEST).exists():
@@ -165,21 +163,7 @@ def test_reference_outputs_regenerate_unchanged(tmp_path):
     new, stored = load_file(str(make_exercise_refs.make(tmp_path))), load_file(str(FIXTURES / "exercise_refs.safetensors"))
     assert new.keys() == stored.keys(), f"keys differ: {sorted(new.keys() ^ stored.keys())}"
     for key in stored:  # only float rounding may differ between machines
-        torch.testing.assert_close(new[key], stored[key], rtol=1e-6, atol=1e-7, msg=lambda m, key=key: (
+        torch.testing.assert_close(new[key], stored[key], rtol=1e-6, atol=1e-6, msg=lambda m, key=key: (
             f"tests/fixtures/make_exercise_refs.py now writes another {key}: rerun it and commit the file. {m}"))
 
 
-# ---------------------------------------------------------------- a copy works anywhere
-
-def test_default_model_and_data_follow_minbert_shared(monkeypatch, tmp_path):
-    monkeypatch.setenv(SHARED_ENV, str(tmp_path))
-    assert shared_dir() == tmp_path and default_model() == tmp_path / "models" / "all-MiniLM-L6-v2"
-    monkeypatch.delenv(SHARED_ENV)
-    assert shared_dir() == ROOT.parent / "shared", "without MINBERT_SHARED the default is ../shared beside the repository"
-
-
-def test_no_model_folder_says_how_to_pass_one(monkeypatch, tmp_path):
-    monkeypatch.setenv(SHARED_ENV, str(tmp_path))
-    with pytest.raises(FileNotFoundError) as e:
-        resolve_model_dir(default_model())
-    assert "--model" in str(e.value) and SHARED_ENV in str(e.value) and str(tmp_path) in str(e.value), str(e.value)

@@ -1,7 +1,7 @@
 """M-FAC against an explicit inverse: every step is checked against
 lr * solve(damp*I + G^T G / m, g) built in float64 from a buffer kept by the test.
 Weight decay and momentum are checked in both forms: the authors' (the defaults) and the
-one behind an option (OLD_FORMS, what minbert did before it took the authors' forms)."""
+one behind an option (OLD_FORMS, minbert's earlier default)."""
 import collections
 import io
 import itertools

@@ -18,7 +18,7 @@ def test_readme_has_the_python_api_snippets():
 
 
 def test_readme_snippets_run(tiny_model, tiny_data, tmp_path, one_thread):
-    need(MINILM, "all-MiniLM-L6-v2 weights")
+    need(MINILM, "all-MiniLM-L6-v2 weights", "model")
     encoder, pooled, loading, training = snippets()
     training = training.replace('max_steps=20, output_dir="runs/gse-short"',
                                 f'max_steps=2, output_dir="{tmp_path / "gse"}", model="{tiny_model}", '

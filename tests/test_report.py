@@ -122,7 +122,7 @@ def test_sweep_report(tiny_model, tiny_data, tmp_path):
 
 
 def test_table_keeps_earlier_rows_of_presets_it_has_no_run_of(gse_run, tmp_path):
-    """A table filled over several sessions: a new runs folder adds and replaces rows, and
+    """A table filled over several runs: a new runs folder adds and replaces rows, and
     keeps the others with their own command and date."""
     out = tmp_path / "table.md"
     report.write_table(gse_run.parent, out)

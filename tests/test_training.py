@@ -135,7 +135,7 @@ def check_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path
     c = Trainer(tiny_experiment(name, tiny_model, tiny_data, b_dir, max_steps=0, **common), quiet=True)
     result = c.train()
     assert result["train_steps"] == 2 and result["global_step"] == 6  # it resumed, it did not start again
-    # the record covers both sessions: B's time up to its checkpoint, then C's
+    # the record covers both processes: B's time up to its checkpoint, then C's
     assert 0 < cost["seconds"] < result["train_runtime"] and result["commit"] == ",".join(cost["commits"])
     assert result["update_ms"] * 6 > 1000 * cost["update_seconds"]
     # the same command once more: nothing to train, and the record is left as it was

@@ -2,10 +2,12 @@
 
     make gpu                                       # python -m minbert.gpu.day --budget 11
     python -m minbert.gpu.day --dry_run            # every step at toy size on the CPU (tests/test_gpu_day.py)
+    python -m minbert.gpu.day bundle FILE          # model, data and commit in one file (bundle.py)
+    python -m minbert.gpu.day --bundle FILE        # on a GPU machine without network: take them from it
     python -m minbert.gpu.day merge ARCHIVE        # the archive into results/ and docs/BENCHMARKS.md (merge.py)
 
-A GPU comes to this project for minutes, once, so one command runs the whole programme and
-writes it to one folder, gpu_day/<date>-<device>/:
+A rented or shared GPU is often had for a short while only, so one command runs the whole
+programme and writes it to one folder, <out>/<date>-<device>/ (--out, default gpu_day/):
 
     1. environment   GPU, driver, torch, CUDA, commit                     environment.json
     2. cuda tests    pytest -m cuda                                       cuda_tests.log, .xml
@@ -20,11 +22,11 @@ Each step gets a share of the time left when it starts (time a step leaves unuse
 next); a step with too little time left is skipped, and the report says so in one line. A
 crash, an out-of-memory or a NaN in one preset or run stops only that one (each is its own
 process), and the report quotes its error. The small files (results, logs, configs; no
-weights, no checkpoints) are packed into gpu_day/<stamp>.tar.gz, or $OUT/<stamp>.tar.gz
-where the device tool sets $OUT.
+weights, no checkpoints) are packed into <out>/<stamp>.tar.gz, the one file to bring back
+(docs/GPU.md).
 
-On the device machine ../shared is absent: the model and data travel in .bundle/
-(../shared/tools/device-bundle, `make gpu-bundle`), which is unpacked and named by $MINBERT_SHARED.
+The model and data are found as a training run finds them (minbert/run/paths.py); on a machine
+without network they come in the bundle (--bundle FILE), unpacked into <out>/bundle/.
 """
 from __future__ import annotations
 
@@ -44,14 +46,15 @@ from pathlib import Path
 
 import torch
 
+from minbert.gpu import bundle as gpu_bundle
 from minbert.gpu import steps as gpu_steps
 from minbert.gpu.merge import main as merge
 from minbert.gpu.steps import PY, Day, iso, version
 from minbert.run.folder import git_commit
-from minbert.run.paths import SHARED_ENV, shared_dir
+from minbert.run.paths import MODEL_ENV, portable_command
 
 ROOT = Path(__file__).resolve().parents[2]
-ARCHIVE_LIMIT = 16 * 2**20  # bytes: what the device tool brings back in one file
+ARCHIVE_LIMIT = 16 * 2**20  # bytes: small enough to copy back from any remote machine
 SMALL = {".json", ".jsonl", ".md", ".txt", ".log", ".xml", ".png", ".csv"}  # what the archive takes
 NEEDED = ("torch", "tokenizers", "safetensors", "huggingface_hub", "numpy", "scipy", "tqdm", "pytest", "matplotlib")
 # (step, share of the time left, the least seconds worth starting it with on a GPU)
@@ -61,23 +64,25 @@ STEPS = (("cuda_tests", 0.10, 30), ("table", 0.50, 90), ("benchmarks", 0.20, 30)
 
 # ---------------------------------------------------------------- setting up
 
-def set_up(day: Day) -> str:
-    """The model and data from .bundle/ where the shared folder lacks them; data/ from them; the
-    packages the steps import."""
+def set_up(day: Day, bundle: str | None) -> str:
+    """The model, data and commit from the bundle where one is given (unpacked into <out>/bundle/);
+    data/ where it lacks the day's files; the packages the steps import."""
     notes = []
-    shared, bundle = shared_dir(), ROOT / ".bundle"
-    if not (shared / "models").exists() and bundle.exists():
-        if not (bundle / "data").exists():
-            (bundle / "data").mkdir()
-            with tarfile.open(bundle / "data.tar.xz") as tar:
-                tar.extractall(bundle / "data", filter="data")
-        shared = bundle  # this process and every step's process find the default model there
-        os.environ[SHARED_ENV] = day.env[SHARED_ENV] = str(bundle)
-        notes.append(f"{SHARED_ENV}={bundle}")
-    if day.data_dir == "data" and (shared / "data").exists():
-        subprocess.run([PY, "data/prepare_data.py", "--from", str(shared / "data")], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        notes.append(f"data/ from {shared / 'data'}")
+    if bundle:
+        into = day.out.parent / "bundle"
+        manifest = gpu_bundle.unpack(Path(bundle), into)
+        os.environ[MODEL_ENV] = day.env[MODEL_ENV] = str(into / "model")  # this process and every step's
+        notes.append(f"from {bundle}: {manifest['model']}, made {manifest['made']}")
+        if day.data_dir == "data":
+            day.data_dir = str(into / "data")
+        if git_commit() == "unknown":  # a copy without .git
+            day.env["MINBERT_COMMIT"] = manifest["commit"]
+            notes.append(f"commit {manifest['commit']} (from the bundle)")
+    elif day.data_dir == "data" and not (ROOT / "data" / "cs224n").exists():
+        done = subprocess.run([PY, "data/prepare_data.py", "--tasks", ",".join(gpu_bundle.DAY_TASKS)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        failed = f": failed, exit {done.returncode}" if done.returncode else ""
+        notes.append(f"data/ prepared (make data){failed}")
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     if missing:  # never the pinned CPU torch over a CUDA build: the missing ones only, and quickly (no network?)
         try:
@@ -86,9 +91,6 @@ def set_up(day: Day) -> str:
         except subprocess.TimeoutExpired:
             ok = False
         notes.append(f"installed {', '.join(missing)}" if ok else f"could not install {', '.join(missing)}")
-    if git_commit() == "unknown" and (bundle / "COMMIT").exists():  # a copy without .git: make gpu-bundle wrote it
-        day.env["MINBERT_COMMIT"] = (bundle / "COMMIT").read_text().strip()
-        notes.append(f"commit {day.env['MINBERT_COMMIT']} (from .bundle/COMMIT)")
     return "; ".join(notes) or "nothing to do"
 
 
@@ -102,7 +104,7 @@ def environment(day: Day) -> dict:
             "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
             "python": platform.python_version(), "cpus": os.cpu_count(),
             "commit": day.env.get("MINBERT_COMMIT") or git_commit(), "dry_run": day.dry,
-            "transformers": version("transformers"), "command": " ".join(sys.argv)}
+            "transformers": version("transformers"), "command": portable_command()}
 
 
 # ---------------------------------------------------------------- the day
@@ -110,8 +112,7 @@ def environment(day: Day) -> dict:
 def pack(day: Day) -> Path:
     """The small files of the day's folder in one .tar.gz under ARCHIVE_LIMIT; the largest left out first."""
     files = sorted(p for p in day.out.rglob("*") if p.is_file() and p.suffix in SMALL)
-    dest = Path(os.environ["OUT"]) if os.environ.get("OUT") else day.out.parent
-    archive = dest / f"{day.out.name}.tar.gz"
+    archive = day.out.parent / f"{day.out.name}.tar.gz"
     while True:
         with tarfile.open(archive, "w:gz") as tar:
             for p in files:
@@ -127,14 +128,18 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["merge"]:
         return merge(argv[1:])
+    if argv[:1] == ["bundle"]:
+        return bundle(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m minbert.gpu.day", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=None,
                     help="minutes for the whole programme (default 11; 30 with --dry_run, whose steps must all finish)")
     ap.add_argument("--dry_run", action="store_true", help="every step at toy size, on the CPU")
-    ap.add_argument("--out", default="gpu_day", help="the folder the day's folder and archive go in")
+    ap.add_argument("--out", default="gpu_day", help="where the day's folder and its archive go (default gpu_day/)")
+    ap.add_argument("--bundle", default=None, help="a file made by `python -m minbert.gpu.day bundle FILE`: the model, "
+                                                   "data and commit for a machine without network")
     ap.add_argument("--presets", default=None, help="the table's presets (default: those results/ lacks)")
-    ap.add_argument("--data_dir", default="data", help="the prepared data (default data/, from ../shared/data)")
+    ap.add_argument("--data_dir", default="data", help="the prepared data (default data/, or the bundle's)")
     ap.add_argument("--model", default="", help="the model (default: the presets', all-MiniLM-L6-v2)")
     ap.add_argument("--skip", default="", help="comma-separated steps to leave out (tests use it)")
     args = ap.parse_args(argv)
@@ -151,7 +156,11 @@ def main(argv=None) -> int:
     day.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m minbert.gpu.day", *argv])
     day.say(f"# GPU day {stamp}{' (dry run)' if day.dry else ''}\n\n`{command}`\n")
-    day.say(f"- setup: {set_up(day)}")
+    try:
+        day.say(f"- setup: {set_up(day, args.bundle)}")
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     env = environment(day)
     (day.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     day.say(f"- environment: {env['gpu']}, driver {env['nvidia_smi']}, torch {env['torch']}, CUDA {env['cuda']}, "
@@ -168,7 +177,7 @@ def main(argv=None) -> int:
         if name in skip:
             day.say(f"- {name}: left out (--skip)")
         elif name in ("table", "mfac", "grid") and not have_data:
-            day.say(f"- {name}: skipped: no data in {day.data_dir} (python data/prepare_data.py --from ../shared/data)")
+            day.say(f"- {name}: skipped: no data in {day.data_dir} (make data, or --bundle FILE)")
         elif not day.dry and until - time.time() < least:
             day.say(f"- {name}: skipped for lack of time ({until - time.time():.0f} s left for it, needs {least} s)")
         else:
@@ -187,9 +196,21 @@ def main(argv=None) -> int:
                                                    "wall_seconds": round(time.time() - t0)}, indent=2) + "\n")
     archive = pack(day)
     (day.out / "report.md").write_text("\n".join(day.lines) + "\n")
-    if os.environ.get("OUT"):
-        shutil.copy(day.out / "report.md", Path(os.environ["OUT"]) / "report.md")
     print(f"archive: {archive} ({archive.stat().st_size / 2**20:.2f} MiB)")
+    return 0
+
+
+def bundle(argv) -> int:
+    ap = argparse.ArgumentParser(prog="python -m minbert.gpu.day bundle", description=gpu_bundle.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("file", help="the bundle to write (a .tar.gz)")
+    ap.add_argument("--data_dir", default="data", help="where the day's data are (default data/: `make data`)")
+    args = ap.parse_args(argv)
+    try:
+        print(gpu_bundle.make(Path(args.file), Path(args.data_dir), ROOT))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -36,8 +36,8 @@ PAPER_EPOCHS = 10
 MFAC_CARD = {"num_grads": 512, "damp": 1e-6}
 MFAC_SEEDS = (42, 43, 44, 45, 46)
 # Each step's flags on the GPU; the dry run adds its own after them (the last of a repeated flag
-# wins), so it runs the GPU's code paths at toy size. Checkpoints are not kept on the GPU: they
-# cannot come back from the device machine, and writing 13 of 270 MB costs its minutes.
+# wins), so it runs the GPU's code paths at toy size. Checkpoints are not kept on the GPU machine:
+# only the day's small archive comes back, and writing 13 of 270 MB costs minutes of the budget.
 GPU = {"table": ["--fast", "--no-save_checkpoints"], "mfac": ["--fast", "--no-save_checkpoints"],
        "grid": ["--grid", "3,3", "--epochs", "1", "--fast", "--no-save_checkpoints"]}
 TOY = ["--max_eval_examples", "16", "--max_length", "32"]

@@ -24,6 +24,7 @@ from minbert.model import BertModel
 from minbert.multitask import MultitaskBert
 from minbert.run import distributed
 from minbert.run.compat import fingerprint_of_unrecorded
+from minbert.run.paths import compile_path_problem
 from minbert.tokenizer import BertTokenizer
 from minbert.weights import model_fingerprint
 
@@ -71,6 +72,9 @@ def compile_layers(bert: BertModel, fixed_shapes: bool = False):
     fixed_shapes (batches padded to a few lengths, --pad_to_multiple_of), one static graph
     per shape in mode "reduce-overhead": on CUDA each layer call then replays a CUDA graph,
     one launch for its ~20 kernels (on the CPU the mode changes nothing)."""
+    problem = compile_path_problem()
+    if problem and next(bert.parameters()).device.type == "cpu":
+        raise ValueError(f"--compile: {problem}")
     functorch_config.donated_buffer = False  # PCGrad and SMART backpropagate twice (retain_graph)
     if fixed_shapes:
         limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # torch < 2.7

@@ -26,7 +26,6 @@ import pickle
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +37,7 @@ from minbert.experiments import RESUMABLE, Experiment
 from minbert.run import distributed
 from minbert.run.build import MODEL_RECORD, checkpoints, recorded_fingerprint
 from minbert.run.compat import config_notes, upgrade_checkpoint
+from minbert.run.paths import DEFAULT_MODEL_NAME, default_model_source, portable, portable_command
 from minbert.weights import model_fingerprint
 
 
@@ -132,7 +132,9 @@ def record_model(out: Path, exp: Experiment):
     """model_identity.json, once, after the folder was checked against exp: what the model is,
     so that a moved checkout (the model elsewhere) is still recognised (model_difference)."""
     if not (out / MODEL_RECORD).exists():
-        record = {"model": exp.model, "fingerprint": model_fingerprint(exp.model)}
+        record = {"model": portable(exp.model), "fingerprint": model_fingerprint(exp.model)}
+        if exp.model == DEFAULT_MODEL_NAME:  # where the default came from, and its check
+            record["source"] = default_model_source()
         (out / MODEL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -320,7 +322,7 @@ def record(exp: Experiment, run_state: dict, steps: int, steps_per_epoch: int, d
            dev_sizes: dict[str, int]) -> dict:
     """A run's all_results.json: the eval_* keys of its best (or, results_from="final", its last)
     evaluation; train_runtime, update_ms, samples/s and peak memory cover all the work kept,
-    over resumed sessions too; train_steps counts this session's steps."""
+    over resumed runs too; train_steps counts the steps of this process."""
     best, history, cost, spe = run_state["best"], run_state["history"], run_state["cost"], steps_per_epoch
     best_evals = {f"eval_{k}": v for k, v in best.items() if k != "step"}
     results = {**best_evals, "epoch": best.get("step", 0) / spe}
@@ -340,8 +342,8 @@ def record(exp: Experiment, run_state: dict, steps: int, steps_per_epoch: int, d
             "peak_memory_mb": cost["peak_memory_mb"], "device": device_name(device), "world_size": world,
             "nonfinite_skipped": run_state["nonfinite_skipped"], "steps_per_epoch": spe,
             "stopped_at_deadline": run_state.get("stopped_at_deadline", False),
-            "epochs": exp.epochs, "model": exp.model, "preset": exp.name, "fast": exp.fast,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
+            "epochs": exp.epochs, "model": portable(exp.model), "preset": exp.name, "fast": exp.fast,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": portable_command(),
             "commit": ",".join(cost["commits"])}
 
 

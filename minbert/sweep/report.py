@@ -74,7 +74,7 @@ def write_table(runs_dir, out_md, keep: bool = True):
     """results/cs224n_table.md (+ .json): our dev scores beside the paper's, one row per preset and device.
 
     With `keep`, the rows of the table already at out_md stay unless runs_dir holds a run of
-    their preset on the same kind of device, so a table can be filled over several sessions
+    their preset on the same kind of device, so a table can be filled over several runs
     or machines; every row keeps its own command, device, date and commit."""
     out_md = Path(out_md)
     found = [r for r in read_runs(runs_dir) if r["preset"] in PRESETS and r["preset"] != "glue"]

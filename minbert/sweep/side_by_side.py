@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from minbert.run.paths import portable_command
 from minbert.sweep.report import write_table
 from minbert.sweep.shards import PlannedRun, status
 
@@ -151,7 +152,7 @@ def run_side_by_side(names: list[str], overrides: dict, jobs: int, runs_dir: Pat
     runs_dir.mkdir(parents=True, exist_ok=True)
     with open(runs_dir / "side_by_side.jsonl", "a") as f:  # the table's wall time; a resumed table adds a line
         f.write(json.dumps({"presets": names, "jobs": jobs, "threads_per_process": threads, "failed": failed,
-                            "wall_seconds": round(time.time() - t0, 1), "command": " ".join(sys.argv),
+                            "wall_seconds": round(time.time() - t0, 1), "command": portable_command(),
                             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}) + "\n")
     write_table(runs_dir, table)
     if failed:
