@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make train    set up, copy the data, train the default preset on the default model
 #   make test     set up, run the test suite (what .ci/run does)
-# and two for a GPU day (README, "On a GPU"):
+# and two for a GPU day (docs/GPU.md):
 #   make gpu-bundle   pack the model, the data and the commit into .bundle/ for the device machine
 #   make gpu          the GPU day's programme (python -m minbert.gpu_day); ARGS="--dry_run" on a CPU
 PYTHON ?= python3

@@ -30,7 +30,6 @@ g = grad_nu l_s(f(x + nu), f(x)) (f(x) held constant), and return l_s(f(x + nu),
            target held constant, so each side gets the gradient of one half (the value is the
            symmetric KL). Its "effective" perturbation eta g / (||nu + eta g||_inf + eps) is
            only logged there, never used. A one-logit head is the two-class softmax on [0, x].
-The old form here (Algorithm 1 without Pi, eps a relative guard) matched no source and is gone.
 
 The Bregman term: neither the library nor mt-dnn has one (mt-dnn's module/my_optim.py has an
 EMA class, the teacher's update below, which its training code never calls), so

@@ -116,7 +116,7 @@ class Trainer:
         self.quiet = quiet or not self.is_main
         checkpoint.check_run_folder(self.out, exp)  # another run's folder: stop before any work
 
-        if self.device.type == "cuda":  # float32 matmuls in full float32, not TF32 (README, "Precision on CUDA")
+        if self.device.type == "cuda":  # float32 matmuls in full float32, not TF32 (docs/GPU.md, precision)
             torch.set_float32_matmul_precision("highest")
         self.tokenizer, self.model = build_model(exp, self.device)
         self.model.train()

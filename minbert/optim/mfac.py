@@ -44,7 +44,6 @@ then, in both,
     p <- p - lr * v                         (v = F^{-1} g when momentum = 0)
 Both start from v = 0, so the heavy-ball v is exactly the average's v / (1 - momentum):
 heavy_ball at lr steps like average at lr / (1 - momentum) (10x at momentum 0.9).
-(minbert before issue 15 used decoupled + heavy_ball.)
 
 A parameter whose .grad is None counts as a zero gradient in g (and in its stored row:
 no weight_decay * p either) and is left untouched at that step: no decay, no update,
