@@ -3,11 +3,11 @@
 #   make test     set up, run the test suite (what .ci/run does)
 # and two for a GPU day (docs/GPU.md):
 #   make gpu-bundle   pack the model, the data and the commit into .bundle/ for the device machine
-#   make gpu          the GPU day's programme (python -m minbert.gpu_day); ARGS="--dry_run" on a CPU
+#   make gpu          the GPU day's programme (python -m minbert.gpu.day); ARGS="--dry_run" on a CPU
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# the folder of the default model and the data (minbert/paths.py): $MINBERT_SHARED, else ../shared
+# the folder of the default model and the data (minbert/run/paths.py): $MINBERT_SHARED, else ../shared
 MINBERT_SHARED ?= ../shared
 ARGS   ?=
 
@@ -32,7 +32,7 @@ test: setup
 	$(PY) -m pytest -q
 
 gpu:
-	$(GPU_PY) -m minbert.gpu_day $(ARGS)
+	$(GPU_PY) -m minbert.gpu.day $(ARGS)
 
 gpu-bundle:
 	$(MINBERT_SHARED)/tools/device-bundle

@@ -18,7 +18,7 @@ line per example; with `--format cs224n`, byte for byte what the starter's
     <id> , <prediction> \n                  (sst: 3; para: 1.0; sts: 0.46074217557907104)
 
 A test file that is not in the data folder is skipped with a message. Only the model and
-the dev and test files are read: no training data, no optimizers (minbert/build.py).
+the dev and test files are read: no training data, no optimizers (minbert/run/build.py).
 """
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ import json
 import sys
 from pathlib import Path
 
-from minbert.build import encode_split, load_run, read_data
+from minbert.run.build import encode_split, load_run, read_data
 from minbert.data import TASKS, split_path
 from minbert.evaluation import predict, score
-from minbert.export import export_hf
-from minbert.plots import plot_run
+from minbert.run.export import export_hf
+from minbert.sweep.plots import plot_run
 
 COLUMN = {"classification": "Predicted_Label", "regression": "Predicted_Similarity"}
 CS224N_NAMES = {"sst": ("sst", "Predicted_Sentiment"), "quora": ("para", "Predicted_Is_Paraphrase"),

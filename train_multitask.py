@@ -4,9 +4,9 @@
     python train_multitask.py --preset smart-gse --epochs 1 --max_steps 100
     python train_multitask.py --task_name mrpc --optim mfac --optim_args '{"num_grads": 512}'
     python train_multitask.py --table runs/ --out results/cs224n_table.md
-    python train_multitask.py --preset all --jobs 13 --fast     # every row at once (minbert/side_by_side.py)
+    python train_multitask.py --preset all --jobs 13 --fast     # every row at once (minbert/sweep/side_by_side.py)
     python train_multitask.py --task_name mrpc --grid 4,4 --epochs 1   # Dodge et al.'s init x data seed grid
-    python train_multitask.py --task_name mrpc --grid 4,5 --shard 3/20  # runs 3, 23, ... of it (minbert/shards.py)
+    python train_multitask.py --task_name mrpc --grid 4,5 --shard 3/20  # runs 3, 23, ... of it (minbert/sweep/shards.py)
     python train_multitask.py --task_name mrpc --grid 4,5 --report      # once every shard is done
 
 By default a run computes with the readable code (attention's math, AdamW._update); --fast
@@ -19,7 +19,7 @@ resolved configuration is printed and saved as config.json in the output folder.
 The run_glue spellings (--model_name_or_path, --learning_rate, --num_train_epochs,
 --per_device_train_batch_size, --max_seq_length) are accepted too.
 
-Data-parallel on N GPUs (or CPU processes), --batch_size per process (minbert/distributed.py):
+Data-parallel on N GPUs (or CPU processes), --batch_size per process (minbert/run/distributed.py):
     torchrun --standalone --nproc_per_node=N train_multitask.py --preset gse
 """
 from __future__ import annotations
@@ -31,15 +31,15 @@ import sys
 import typing
 from pathlib import Path
 
-from minbert import distributed
+from minbert.run import distributed
 from minbert.data import not_found, split_path
 from minbert.experiments import CHOICES, PRESETS, Experiment, preset
 from minbert.fastpaths import FastPathMismatch
-from minbert.report import write_table
-from minbert.shards import CLAIM_TIMEOUT, IncompleteSweep, PlannedRun, check_runs, parse_shard, require_finished, \
+from minbert.sweep.report import write_table
+from minbert.sweep.shards import CLAIM_TIMEOUT, IncompleteSweep, PlannedRun, check_runs, parse_shard, require_finished, \
     train_shard, without_flags
-from minbert.side_by_side import run_shards, run_side_by_side
-from minbert.sweeps import SWEEP_EVALS_PER_EPOCH, plan_grid, plan_seeds, plan_sweep, train_run
+from minbert.sweep.side_by_side import run_shards, run_side_by_side
+from minbert.sweep.sweeps import SWEEP_EVALS_PER_EPOCH, plan_grid, plan_seeds, plan_sweep, train_run
 from minbert.trainer import Trainer
 from minbert.weights import resolve_model_dir
 
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "the variance from each seed kind and a plot (evaluates as --sweep does)")
     run.add_argument("--table", default=None, metavar="RUNS_DIR", help="collect finished runs into a results table")
     run.add_argument("--out", default=None, help="with --table/--seeds/--sweep/several presets: where the report goes")
-    many = ap.add_argument_group("many machines (minbert/shards.py)")
+    many = ap.add_argument_group("many machines (minbert/sweep/shards.py)")
     many.add_argument("--shard", default=None, metavar="I/N",
                       help="with --seeds/--sweep/--grid/several presets: train runs I, I+N, I+2N, ... of the "
                            "sweep's run list (each under a claim file), write no report")
@@ -230,7 +230,7 @@ def several_presets(args) -> list[str]:
 
 
 def side_by_side(args, names: list[str]) -> int:
-    """Several presets, one process each (minbert/side_by_side.py), or one shard of them here,
+    """Several presets, one process each (minbert/sweep/side_by_side.py), or one shard of them here,
     or their table (--report); each preset is checked first."""
     if args.task_name or args.seeds or args.sweep or args.grid or args.name or args.table:
         raise ValueError("several presets run one plain run each: leave out --task_name, --seeds, --sweep, "

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from minbert.paths import shared_dir
+from minbert.run.paths import shared_dir
 
-SHARED = shared_dir()  # $MINBERT_SHARED or ../shared (minbert/paths.py)
+SHARED = shared_dir()  # $MINBERT_SHARED or ../shared (minbert/run/paths.py)
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
 
 # Dense peak TFLOP/s from NVIDIA's data sheets (no 2:4 sparsity): (bf16 tensor core, fp32).
@@ -154,7 +154,7 @@ def cpu_model() -> str:
 
 
 def environment(device: torch.device) -> dict:
-    from minbert.checkpoint import git_commit
+    from minbert.run.folder import git_commit
     env = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device_name(device),
            "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "commit": git_commit(), "command": " ".join(sys.argv)}

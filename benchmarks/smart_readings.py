@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import add_common_args, clock, environment, interleave, report, setup  # noqa: E402
 from minbert.batches import collate, to_device  # noqa: E402
-from minbert.build import build_model, encode_split  # noqa: E402
+from minbert.run.build import build_model, encode_split  # noqa: E402
 from minbert.experiments import preset  # noqa: E402
 from minbert.smart import DEFAULTS, READINGS, MomentumTeacher, bregman_term, smart_regularizer  # noqa: E402
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from minbert.data import TASKS, DataError, read_file  # noqa: E402
-from minbert.paths import shared_dir  # noqa: E402
+from minbert.run.paths import shared_dir  # noqa: E402
 
 CS224N_URL = ("https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/"
               "7ac8260577fc12a86c7aaf38918056c30054ef39/data/")

@@ -9,7 +9,7 @@ import torch
 from minbert import metrics
 from minbert.batches import Encoded, collate, eval_batches, to_device
 from minbert.data import TASKS
-from minbert.heads import MultitaskBert
+from minbert.multitask import MultitaskBert
 
 
 def uses_bf16(device: torch.device, bf16: str) -> bool:

@@ -22,12 +22,12 @@ from pathlib import Path
 from minbert.data import TASKS
 from minbert.heads import check_head
 from minbert.optim import MFAC
-from minbert.paths import default_model
+from minbert.run.paths import default_model
 from minbert.pooling import POOLERS
 from minbert.smart import DEFAULTS as SMART
 from minbert.smart import READINGS as SMART_READINGS
 
-DEFAULT_MODEL = str(default_model())  # $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/... (paths.py)
+DEFAULT_MODEL = str(default_model())  # $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/... (run/paths.py)
 # name -> what it means; the allowed values of every enum-like field, for checks and --help
 CHOICES = {
     "update": {"separate": "each task its own optimizer step, one after another (the paper's baseline)",

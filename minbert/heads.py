@@ -23,7 +23,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minbert.data import TASKS
-from minbert.pooling import pool
 
 COS_EMB_THRESHOLD = 2.5  # STS scores above this count as "similar" for CosineEmbeddingLoss
 COS_D_SCALE = 20.0  # the paper's "large scalar" before the sigmoid
@@ -169,30 +168,3 @@ def check_head(name: str, task: str):
 def make_head(name: str, task: str, hidden: int, dropout: float = 0.1, binary_logit: bool = True) -> TaskHead:
     check_head(name, task)
     return HEADS[name](task, hidden, dropout, binary_logit)
-
-
-class MultitaskBert(nn.Module):
-    """One encoder, one head per task. `forward(task, batch)` -> the task's output."""
-
-    def __init__(self, bert: nn.Module, heads: dict[str, str], pooling: str = "cls",
-                 dropout: float = 0.1, binary_logit: bool = True):
-        super().__init__()
-        self.bert = bert
-        self.pooling = pooling
-        H = bert.config.hidden_size
-        self.heads = nn.ModuleDict({t: make_head(h, t, H, dropout, binary_logit) for t, h in heads.items()})
-
-    def embed(self, task: str, batch: dict) -> list[torch.Tensor]:
-        """Embedding-layer outputs (B, T, H), one per segment: where SMART adds its noise."""
-        return [self.bert.embeddings(seg["input_ids"], seg["token_type_ids"]) for seg in batch["segments"]]
-
-    def from_embeds(self, task: str, batch: dict, embeds: list[torch.Tensor], return_vectors: bool = False):
-        vectors = []
-        for e, seg in zip(embeds, batch["segments"]):
-            out = self.bert.encode(e, seg["attention_mask"] if seg.get("padded", True) else None)
-            vectors.append(pool(self.pooling, out.last_hidden_state, seg["attention_mask"], self.bert))
-        output = self.heads[task](vectors)
-        return (output, vectors) if return_vectors else output
-
-    def forward(self, task: str, batch: dict, return_vectors: bool = False):
-        return self.from_embeds(task, batch, self.embed(task, batch), return_vectors)

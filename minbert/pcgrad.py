@@ -18,7 +18,7 @@ from torch import Tensor
 def _grads_or_none(losses: list[Tensor], params: list[Tensor], reduce_fn=None) -> list[list[Tensor | None]]:
     """One autograd.grad per task; None where a param is not in that task's graph.
 
-    reduce_fn (data-parallel training: minbert.distributed.average) maps the list of all
+    reduce_fn (data-parallel training: minbert.run.distributed.average) maps the list of all
     these gradients to their means over the processes, before any projection: PCGrad
     of the averaged task gradients, which is not the average of per-process PCGrads.
     """

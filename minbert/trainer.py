@@ -6,10 +6,10 @@
                                                      separate | summed | pcgrad | gse, +SMART in task_loss
         every 1/eval_per_epoch epoch: evaluate, keep the best, write a checkpoint
 
-What is not the loop lives elsewhere: building the model and data (build.py), predicting
-and scoring (evaluation.py), the run folder and its files (checkpoint.py), the optimizers
-(optim/), progress lines (progress.py), curves.png (plots.py), several seeds or a seed
-search (sweeps.py).
+What is not the loop lives elsewhere: building the model and data (run/build.py), predicting
+and scoring (evaluation.py), the run folder and its files (run/folder.py), the optimizers
+(optim/), progress lines (run/progress.py), curves.png (sweep/plots.py), several seeds or a
+seed search (sweep/sweeps.py).
 """
 from __future__ import annotations
 
@@ -19,19 +19,19 @@ import time
 
 import torch
 
-from minbert import checkpoint, distributed
+from minbert.run import distributed, folder
 from minbert.batches import collate, make_streams, to_device
-from minbert.build import build_model, compile_layers, read_data, resolve_device
+from minbert.run.build import build_model, compile_layers, read_data, resolve_device
 from minbert.evaluation import autocast, evaluate
 from minbert.experiments import Experiment
 from minbert.fastpaths import check_fast_paths
 from minbert.optim import MFAC, AdamW
 from minbert.pcgrad import pcgrad_backward
-from minbert.plots import plot_run
-from minbert.progress import Progress, say
+from minbert.sweep.plots import plot_run
+from minbert.run.progress import Progress, say
 from minbert.smart import MomentumTeacher, bregman_term, smart_regularizer
 
-CheckpointError = checkpoint.CheckpointError  # what a caller catches when a run cannot resume
+CheckpointError = folder.CheckpointError  # what a caller catches when a run cannot resume
 
 
 def build_optimizers(model: torch.nn.Module, exp: Experiment) -> list[torch.optim.Optimizer]:
@@ -109,12 +109,12 @@ class Trainer:
     def __init__(self, exp: Experiment, quiet: bool = False):
         exp.validate()
         self.exp, self.out = exp, exp.out_dir
-        # under torchrun: join the process group; rank 0 alone prints (minbert/distributed.py)
+        # under torchrun: join the process group; rank 0 alone prints (minbert/run/distributed.py)
         self.device = distributed.setup(resolve_device(exp.device))
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
         self.quiet = quiet or not self.is_main
-        checkpoint.check_run_folder(self.out, exp)  # another run's folder: stop before any work
+        folder.check_run_folder(self.out, exp)  # another run's folder: stop before any work
 
         if self.device.type == "cuda":  # float32 matmuls in full float32, not TF32 (docs/GPU.md, precision)
             torch.set_float32_matmul_precision("highest")
@@ -151,7 +151,7 @@ class Trainer:
         self.stopped_at_deadline = False
         # The cost of the work kept over resumed sessions (a checkpoint carries it on): wall time and
         # peak memory of earlier sessions, time in update() alone, and the commits of the code that ran.
-        self.cost = {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": [checkpoint.git_commit()]}
+        self.cost = {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": [folder.git_commit()]}
         self.session_start = time.time()
 
     def say(self, msg: str):
@@ -256,7 +256,7 @@ class Trainer:
         exp = self.exp
         stop = self.stop_step if stop_step is None else min(stop_step, self.total_steps)
         if self.is_main:
-            checkpoint.start_run_folder(self.out, exp, self.model.bert.config.to_dict())
+            folder.start_run_folder(self.out, exp, self.model.bert.config.to_dict())
         resumed = self.resume()
         record = self.out / "all_results.json"  # a finished run, with or without checkpoints
         finished = record.exists() and json.loads(record.read_text()).get("global_step", 0) >= stop \
@@ -307,7 +307,7 @@ class Trainer:
                       **{f"eval_{k}": v for k, v in result.items()}})
             self.say(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
             if result["overall"] > self.best["overall"]:
-                checkpoint.save_best(self.out, self.model)
+                folder.save_best(self.out, self.model)
                 self.best = {**result, "step": self.step}
         if self.exp.save_checkpoints:
             self.save()  # on every rank: it gathers their random states
@@ -319,16 +319,16 @@ class Trainer:
         progress = {"step": self.step, "best": self.best, "history": self.history,
                     "nonfinite_skipped": self.nonfinite_skipped, "stopped_at_deadline": self.stopped_at_deadline,
                     "cost": {**self.cost, "seconds": self.cost["seconds"] + time.time() - self.session_start,
-                             "peak_memory_mb": max(self.cost["peak_memory_mb"], checkpoint.peak_memory_mb(self.device))}}
+                             "peak_memory_mb": max(self.cost["peak_memory_mb"], folder.peak_memory_mb(self.device))}}
         if self.teacher is not None:
             progress["teacher"] = self.teacher.module.state_dict()
         return progress
 
     def save(self):
-        checkpoint.save_checkpoint(self.out, self.model, self.optimizers, self.progress(), self.device)
+        folder.save_checkpoint(self.out, self.model, self.optimizers, self.progress(), self.device)
 
     def resume(self) -> bool:
-        state = checkpoint.restore(self.out, self.model, self.optimizers, self.device, self.teacher)
+        state = folder.restore(self.out, self.model, self.optimizers, self.device, self.teacher)
         if state is None:
             return False
         if state["warning"]:
@@ -345,12 +345,12 @@ class Trainer:
         return True
 
     def finish(self, steps: int) -> dict:
-        """The run's record (checkpoint.record), its files, and curves.png."""
+        """The run's record (folder.record), its files, and curves.png."""
         progress = self.progress()
-        results = checkpoint.record(self.exp, progress, steps, self.steps_per_epoch, self.device,
+        results = folder.record(self.exp, progress, steps, self.steps_per_epoch, self.device,
                                     {t: len(d) for t, d in self.dev_data.items()})
         if self.is_main:
-            checkpoint.write_results(self.out, results, progress)
+            folder.write_results(self.out, results, progress)
             plot_run(self.out)  # curves.png: losses and dev scores against epoch
             self.say(f"best overall {self.best.get('overall', float('nan')):.4f} at step {self.best.get('step')}; "
                      f"results in {self.out}")

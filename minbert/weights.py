@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from minbert.config import BertConfig, check_attn_implementation
-from minbert.paths import where_hint
+from minbert.run.paths import where_hint
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 IDENTITY_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -1,5 +1,5 @@
 """Shared paths for the tests. The real weights and data live outside the project, in
-../shared (or where MINBERT_SHARED points: minbert/paths.py); tests that need them skip with a reason."""
+../shared (or where MINBERT_SHARED points: minbert/run/paths.py); tests that need them skip with a reason."""
 import importlib.util
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 
 from minbert.exercises import ExerciseNotImplemented
 from minbert.exercises.registry import EXERCISES, exercises_of
-from minbert.paths import SHARED_ENV, default_model, shared_dir
+from minbert.run.paths import SHARED_ENV, default_model, shared_dir
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = shared_dir()

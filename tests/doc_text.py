@@ -8,11 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("train_multitask.py", "evaluate.py", "show_attention.py")
-# The target layout of the package: docs name minbert/run/, minbert/sweep/ and minbert/gpu/.
-TARGET_LAYOUT = (ROOT / "minbert" / "run").is_dir()
-needs_target_layout = pytest.mark.skipif(
-    not TARGET_LAYOUT, reason="the docs name the package's target layout (minbert/run/, sweep/, gpu/); "
-                              "this checkout does not have it yet")
+# Docs that others link to and that this checkout may not hold yet; each is checked once it is here.
+LINKED_AHEAD = {"docs/SETUP.md", "docs/GPU.md", "docs/CLUSTER.md", "docs/EXTENDING.md"}
 
 
 def blocks(text: str, lang: str) -> list[str]:
@@ -73,3 +70,10 @@ def check_train_args(args: list[str], capsys, allowed_error: str = ""):
         assert allowed_error in err, f"python train_multitask.py {' '.join(args)}: expected {allowed_error!r}: {err}"
     else:
         assert not err, f"python train_multitask.py {' '.join(args)}: {err}"
+
+
+def missing_paths(doc: Path) -> list[str]:
+    """The paths a doc names or links that exist neither from the root nor from the doc's folder."""
+    paths = named_paths(doc.read_text(encoding="utf-8")) | linked_paths(doc)
+    return sorted(p for p in paths
+                  if not (ROOT / p).exists() and not (doc.parent / p).exists() and p not in LINKED_AHEAD)

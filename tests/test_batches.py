@@ -5,7 +5,7 @@ import torch
 
 from minbert import BertConfig, BertModel
 from minbert.batches import Bucketed, Encoded, Stream, collate
-from minbert.heads import MultitaskBert
+from minbert.multitask import MultitaskBert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from conftest import CPU_AND_CUDA, tiny_experiment
-from minbert.checkpoint import config_differences
+from minbert.run.folder import config_differences
 from minbert.evaluation import autocast, uses_bf16
 from minbert.experiments import Experiment
 from minbert.heads import make_head

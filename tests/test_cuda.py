@@ -1,5 +1,5 @@
 """What only a CUDA device can show (`pytest -m cuda`; the GPU day runs them first,
-minbert/gpu_day.py): the encoder against Hugging Face's saved outputs on CUDA in float32 and
+minbert/gpu/day.py): the encoder against Hugging Face's saved outputs on CUDA in float32 and
 under bf16 autocast, and a resumed run on CUDA ending bit for bit where an uninterrupted one
 does. (M-FAC on CUDA against the CPU: tests/test_mfac.py, test_cuda_matches_cpu.) Each skips
 with a reason where there is no CUDA device."""

@@ -1,7 +1,7 @@
 """Tests for minbert/data.py and data/prepare_data.py.
 
 Fixture files are written into tmp_path by the tests themselves. The tests on the
-real files run where ../shared/data exists (or $MINBERT_SHARED/data: minbert/paths.py).
+real files run where ../shared/data exists (or $MINBERT_SHARED/data: minbert/run/paths.py).
 """
 import importlib.util
 import logging
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from minbert.data import SPLITS, TASKS, DataError, Example, read_file, read_split
-from minbert.paths import shared_dir
+from minbert.run.paths import shared_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = shared_dir() / "data"

@@ -1,4 +1,4 @@
-"""Data-parallel training (minbert/distributed.py): two CPU processes with gloo.
+"""Data-parallel training (minbert/run/distributed.py): two CPU processes with gloo.
 
 The property: with dropout off, 2 processes of batch B take the same steps as one
 process of batch 2B on the union of their batches, for every kind of update (separate,
@@ -45,7 +45,7 @@ def _worker(rank: int, port: int, jobs: dict[str, dict], out: str):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from minbert import distributed
+    from minbert.run import distributed
     from minbert.trainer import Trainer
     for name, fields in jobs.items():
         trainer = Trainer(Experiment.from_dict(fields))

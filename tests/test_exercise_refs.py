@@ -19,7 +19,7 @@ from minbert.heads import make_head
 from minbert.optim import MFAC, AdamW
 from minbert.pcgrad import project_conflicting
 from minbert.pooling import POOLERS
-from minbert.seeds import expected_max
+from minbert.sweep.seeds import expected_max
 from minbert.smart import smart_regularizer
 
 REFS = load_file(str(FIXTURES / "exercise_refs.safetensors"))

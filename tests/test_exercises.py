@@ -23,7 +23,7 @@ from conftest import FIXTURES
 from minbert.exercises import EXERCISES
 from minbert.exercises.regions import IMPORT, MANIFEST, MarkerError, find_regions, make, scan, source_files, stub
 from minbert.exercises.registry import TOUR, name_pattern
-from minbert.paths import SHARED_ENV, default_model, shared_dir
+from minbert.run.paths import SHARED_ENV, default_model, shared_dir
 from minbert.weights import resolve_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]

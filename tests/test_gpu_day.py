@@ -1,4 +1,4 @@
-"""The GPU day's command rehearsed on the CPU (minbert/gpu_day.py, gpu_steps.py, gpu_merge.py): a
+"""The GPU day's command rehearsed on the CPU (minbert/gpu/day.py, gpu_steps.py, gpu_merge.py): a
 run stopped by --deadline says how far it got and resumes; the table step picks the presets that
 lack a 10-epoch GPU row; the report says why a preset stopped; the dry run goes through every
 step, and its archive merges into copies of results/ and docs/BENCHMARKS.md without touching the
@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED, tiny_experiment
-from minbert import gpu_day, gpu_merge, gpu_steps
+from minbert.gpu import day as gpu_day
+from minbert.gpu import merge as gpu_merge
+from minbert.gpu import steps as gpu_steps
 from minbert.experiments import PRESETS
 from minbert.trainer import Trainer
 
@@ -86,13 +88,13 @@ def tree_hash(*paths: Path) -> str:
 def dry_day(tmp_path_factory, tiny_model, tiny_data):
     """The dry run, lean enough for the suite: every step, on the tiny model and data of conftest.py,
     with 2 presets side by side (SMART, PCGrad and a cosine head between them). The benchmarks
-    measure the real model's shapes. `python -m minbert.gpu_day --dry_run` runs all 13 presets
+    measure the real model's shapes. `python -m minbert.gpu.day --dry_run` runs all 13 presets
     on the real data and model (docs/GPU.md: its time)."""
     if not (SHARED / "models" / "all-MiniLM-L6-v2").exists():
         pytest.skip(f"all-MiniLM-L6-v2 is not at {SHARED / 'models'}: the benchmarks build it")
     out = tmp_path_factory.mktemp("gpu_day")
     before = tree_hash(ROOT / "results", ROOT / "docs" / "BENCHMARKS.md")
-    done = subprocess.run([sys.executable, "-m", "minbert.gpu_day", "--dry_run", "--presets", "smart-gse,cos-2d1",
+    done = subprocess.run([sys.executable, "-m", "minbert.gpu.day", "--dry_run", "--presets", "smart-gse,cos-2d1",
                            "--model", str(tiny_model), "--data_dir", str(tiny_data), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

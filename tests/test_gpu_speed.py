@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import CPU_AND_CUDA, tiny_experiment
-from minbert import side_by_side
+from minbert.sweep import side_by_side
 from minbert.batches import collate
 from minbert.experiments import preset
 from minbert.fastpaths import FastPathMismatch, check_fast_paths

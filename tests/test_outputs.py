@@ -8,7 +8,7 @@ import pytest
 
 import evaluate
 import train_multitask
-from minbert.progress import Progress
+from minbert.run.progress import Progress
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -72,7 +72,7 @@ class FakeClock:
 
 def test_progress_in_a_file_is_a_line_every_so_many_seconds(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr("minbert.progress.time.time", clock)
+    monkeypatch.setattr("minbert.run.progress.time.time", clock)
     stream = io.StringIO()  # not a terminal: no carriage-return bar
     bar = Progress(100, 0, "gse", every=30.0, stream=stream)
     for step in range(100):

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from minbert.experiments import PRESETS
-from minbert.plots import follows_paper, plot_curves, plot_run, plot_table, read_log, table_run
+from minbert.sweep.plots import follows_paper, plot_curves, plot_run, plot_table, read_log, table_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

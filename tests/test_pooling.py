@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minbert import BertConfig, BertModel, pooling
-from minbert.heads import MultitaskBert
+from minbert.multitask import MultitaskBert
 
 PAD = 100.0  # what the padding positions hold: far above any real value
 

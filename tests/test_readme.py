@@ -10,13 +10,11 @@ import sys
 import pytest
 
 from conftest import MINILM, need
-from doc_text import ROOT, SCRIPTS, bash_commands, check_train_args, linked_paths, named_paths, needs_target_layout
+from doc_text import ROOT, SCRIPTS, bash_commands, check_train_args, missing_paths
 
 README = ROOT / "README.md"
 MAX_LINES = 200
 FIRST_SCREEN = 50  # lines
-# Docs the README links to that this checkout may not hold yet; each is checked once it is here.
-LINKED_AHEAD = {"docs/SETUP.md", "docs/GPU.md", "docs/CLUSTER.md"}
 
 
 def text() -> str:
@@ -139,10 +137,8 @@ def test_exercises_list_runs_as_shown():
     assert "attention" in out and "docs/TOUR.md" in out
 
 
-@needs_target_layout
 def test_paths_named_in_the_readme_exist():
-    paths = named_paths(text()) | linked_paths(README)
-    missing = sorted(p for p in paths if not (ROOT / p).exists() and p not in LINKED_AHEAD)
+    missing = missing_paths(README)
     assert not missing, f"README.md names files that do not exist: {missing}"
 
 
@@ -156,7 +152,6 @@ def test_readme_has_the_python_api_snippets():
     assert len(codes) == 4 and 'return_tensors="pt"' in codes[0] and "Trainer(exp)" in codes[2] and "load_run" in codes[3]
 
 
-@needs_target_layout
 def test_readme_snippets_run(tiny_model, tiny_data, tmp_path, one_thread):
     need(MINILM, "all-MiniLM-L6-v2 weights")
     encoder, pooled, training, loading = snippets()

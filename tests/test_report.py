@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import evaluate
-from minbert import report, sweeps
-from minbert.build import encode_split, load_run
+from minbert.sweep import report, sweeps
+from minbert.run.build import encode_split, load_run
 from minbert.evaluation import predict
 from conftest import tiny_experiment
 

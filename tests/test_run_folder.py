@@ -1,4 +1,4 @@
-"""The run folder (minbert/checkpoint.py): the same command on a finished run leaves it
+"""The run folder (minbert/run/folder.py): the same command on a finished run leaves it
 alone, another configuration into a folder holding a run stops before any work naming the
 fields that differ, --overwrite_output_dir starts afresh, config.json is never rewritten;
 evaluate.py scores whole dev sets unless told otherwise, says when it did not, and reads
@@ -13,10 +13,10 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import evaluate
-import minbert.build
+import minbert.run.build
 import train_multitask
 from conftest import tiny_experiment
-from minbert.checkpoint import MODEL_RECORD, RunFolderError
+from minbert.run.folder import MODEL_RECORD, RunFolderError
 from minbert.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,8 +84,8 @@ def test_startup_line_gives_the_steps_this_run_takes(tiny_model, tiny_data, tmp_
 
 def test_evaluate_scores_whole_dev_sets_by_default(finished, tiny_data, monkeypatch):
     read = []
-    real = minbert.build.read_split
-    monkeypatch.setattr(minbert.build, "read_split", lambda t, d, split, **kw: read.append(split) or real(t, d, split, **kw))
+    real = minbert.run.build.read_split
+    monkeypatch.setattr(minbert.run.build, "read_split", lambda t, d, split, **kw: read.append(split) or real(t, d, split, **kw))
     assert evaluate.main([str(finished), "--device", "cpu", "--splits", "dev"]) == 0
     results = json.loads((finished / "evaluate_results.json").read_text())
     assert "dev_subset" not in results  # the training run scored 8 dev examples; evaluate scores all 16
@@ -100,7 +100,7 @@ def test_evaluate_scores_whole_dev_sets_by_default(finished, tiny_data, monkeypa
 
 
 def test_evaluate_imports_no_training_machinery():
-    code = ("import sys, evaluate; bad = [m for m in ('minbert.trainer', 'minbert.checkpoint', 'minbert.sweeps', "
+    code = ("import sys, evaluate; bad = [m for m in ('minbert.trainer', 'minbert.run.folder', 'minbert.sweep.sweeps', "
             "'minbert.pcgrad') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
@@ -191,7 +191,7 @@ def test_a_smart_run_from_before_the_readings_is_not_resumed_with_another_ascent
                                                                                  capsys):
     """Its config.json has no smart_reading: its ascent was the removed form, so resuming it with the
     library reading would silently change what the run computes."""
-    from minbert.checkpoint import config_differences
+    from minbert.run.folder import config_differences
     exp = tiny_experiment("smart", tiny_model, tiny_data, tmp_path)
     old = exp.to_dict()
     del old["smart_reading"]

@@ -1,4 +1,4 @@
-"""Tests for minbert/seed_grid.py: Dodge et al. 2020's init-seed x data-seed grid and its
+"""Tests for minbert/sweep/seed_grid.py: Dodge et al. 2020's init-seed x data-seed grid and its
 variance decomposition, on grids whose answer is known."""
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from minbert.seed_grid import SeedGrid, seed_stats, variance_decomposition, write_grid_report
+from minbert.sweep.seed_grid import SeedGrid, seed_stats, variance_decomposition, write_grid_report
 
 
 
@@ -87,7 +87,7 @@ def fake_grid_runs(n_init=3, n_data=4):
 def test_write_grid_report_writes_json_md_and_png(tmp_path):
     scores, curves = fake_grid_runs()
     grid = SeedGrid.from_runs(scores, curves)
-    meta = {"command": "python -m minbert.sweeps grid", "device": "cpu", "date": "2026-11-24",
+    meta = {"command": "python -m minbert.sweep.sweeps grid", "device": "cpu", "date": "2026-11-24",
             "commit": "abc1234", "model": "bert-tiny", "task": "sst"}
     write_grid_report(grid, str(tmp_path), "fake grid", meta=meta)
 
@@ -100,7 +100,7 @@ def test_write_grid_report_writes_json_md_and_png(tmp_path):
     assert len(best) == 12 and best[-1]["mean"] > last[-1]["mean"]  # the peaks lie before the end
 
     md = (tmp_path / "grid.md").read_text()
-    assert md.startswith("# fake grid\n\n- command: `python -m minbert.sweeps grid`\n- device: cpu")
+    assert md.startswith("# fake grid\n\n- command: `python -m minbert.sweep.sweeps grid`\n- device: cpu")
     assert "| init \\ data | 100 | 101 | 102 | 103 | mean | std | min | max |" in md
     assert f"| 0 | {scores[0, 100]:.4f} |" in md
     assert "| weight initialisation (rows) |" in md and "| data order (columns) |" in md

@@ -1,4 +1,4 @@
-"""Tests for minbert/seeds.py: expected max (Dodge et al. 2019) and the
+"""Tests for minbert/sweep/seeds.py: expected max (Dodge et al. 2019) and the
 start-many-stop-early search (Dodge et al. 2020) with a fake, known run_fn."""
 
 import json
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from minbert.seeds import expected_max, expected_max_curve, full_training_baseline, start_many_stop_early, write_report
+from minbert.sweep.seeds import expected_max, expected_max_curve, full_training_baseline, start_many_stop_early, write_report
 
 # ---------------------------------------------------------------------------
 # expected_max

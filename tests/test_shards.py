@@ -1,4 +1,4 @@
-"""Many runs on many machines (minbert/shards.py): shards of a sweep run as separate
+"""Many runs on many machines (minbert/sweep/shards.py): shards of a sweep run as separate
 processes give the unsharded sweep's runs and report; a claim keeps two processes off one
 run; a killed shard's run is taken over and ends where an uninterrupted one does; a report
 of part of a sweep is refused, naming what is missing.
@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 import train_multitask
 from conftest import SHARED
 from minbert.experiments import preset
-from minbert.shards import Claim, read_claim, sweep_command
+from minbert.sweep.shards import Claim, read_claim, sweep_command
 from minbert.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def test_a_moved_checkouts_sweep_folder_is_recognised_by_its_model(tiny_model, t
     with the model moved elsewhere and the old path gone, the sweep still checks as the same one."""
     import shutil
     from conftest import tiny_experiment
-    from minbert.sweeps import plan_seeds
+    from minbert.sweep.sweeps import plan_seeds
     old, new = tmp_path / "old_model", tmp_path / "new_model"
     shutil.copytree(tiny_model, old)
     exp = tiny_experiment("multitask", old, tiny_data, tmp_path / "unused")

@@ -8,7 +8,7 @@ import torch
 import minbert.trainer
 import train_multitask
 from conftest import tiny_experiment
-from minbert import sweeps
+from minbert.sweep import sweeps
 from minbert.experiments import PRESETS, preset
 from minbert.trainer import Trainer
 

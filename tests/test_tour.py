@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from doc_text import ROOT, SCRIPTS, bash_commands, check_train_args, linked_paths, named_paths, needs_target_layout
+from doc_text import ROOT, SCRIPTS, bash_commands, check_train_args, missing_paths
 from minbert.exercises.regions import MANIFEST
 
 DOC = ROOT / "docs" / "TOUR.md"
@@ -50,10 +50,8 @@ def test_every_command_is_a_kind_this_test_checks():
     assert len(python_commands("pytest")) >= 8 and len(python_commands("train_multitask.py")) >= 5
 
 
-@needs_target_layout
 def test_paths_named_in_the_doc_exist():
-    paths = named_paths(text()) | linked_paths(DOC)
-    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    missing = missing_paths(DOC)
     assert not missing, f"{DOC.name} names files that do not exist: {missing}"
 
 
@@ -98,7 +96,6 @@ def test_other_script_flags_exist():
                 assert f'"{flag}"' in source, f"python {script}: no flag {flag}"
 
 
-@needs_target_layout
 def test_python_snippets_compile_and_import_what_exists():
     import importlib
     snippets = python_commands("-c")
@@ -145,7 +142,6 @@ def defined_names(path: Path) -> set[str]:
     return names
 
 
-@needs_target_layout
 @pytest.mark.parametrize("line", [l for l in text().splitlines() if l.startswith("**Read:**")])
 def test_read_lines_point_at_definitions(line):
     current = None

@@ -13,8 +13,8 @@ import train_multitask
 from conftest import tiny_experiment
 from minbert.batches import Bucketed
 from minbert.experiments import PRESETS, preset
-from minbert import checkpoint
-from minbert.build import load_run, read_data
+from minbert.run import folder
+from minbert.run.build import load_run, read_data
 from minbert.evaluation import evaluate
 from minbert.trainer import Trainer
 
@@ -130,7 +130,7 @@ def check_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path
     a.train()  # 6 steps, evaluated and checkpointed every 2
     b = Trainer(tiny_experiment(name, tiny_model, tiny_data, b_dir, max_steps=4, **common), quiet=True)
     b.train()  # cut off after step 4
-    assert [p.name for p in checkpoint.checkpoints(b_dir)] == ["checkpoint-4"]
+    assert [p.name for p in folder.checkpoints(b_dir)] == ["checkpoint-4"]
     cost = torch.load(b_dir / "checkpoint-4" / "state.pt", weights_only=True)["cost"]
     c = Trainer(tiny_experiment(name, tiny_model, tiny_data, b_dir, max_steps=0, **common), quiet=True)
     result = c.train()
@@ -151,7 +151,7 @@ def check_resume_matches_uninterrupted_run(case, tiny_model, tiny_data, tmp_path
     # The same log, except the line B wrote when it stopped at step 4.
     cut_line = {"step", "epoch", "loss", "loss_sst", "loss_quora", "loss_sts", "lr"}
     assert [e for e in c.history if not (e["step"] == 4 and set(e) == cut_line)] == a.history
-    assert [p.name for p in checkpoint.checkpoints(b_dir)] == ["checkpoint-6"]  # only the latest is kept
+    assert [p.name for p in folder.checkpoints(b_dir)] == ["checkpoint-6"]  # only the latest is kept
 
 
 # ---------------------------------------------------------------- seeds
@@ -337,7 +337,7 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_keys(tiny_model, t
 # ---------------------------------------------------------------- several presets side by side
 
 def test_as_flags_round_trips_through_the_parser():
-    from minbert.side_by_side import as_flags
+    from minbert.sweep.side_by_side import as_flags
     overrides = {"lr": 3e-5, "heads": {"sts": "cos-2d1"}, "tasks": ("sst", "sts"), "smart": True, "bf16": "off",
                  "optim_args": {"num_grads": 8, "damp": 1e-6}, "max_steps": 7, "model": "/x/y"}
     args = train_multitask.build_parser().parse_args(as_flags(overrides))

@@ -72,7 +72,7 @@ EXERCISES = {e.id: e for e in [
              tests=("test_smart.py::test_regularizer_*", "test_smart.py::test_gradients_reach_*",
                     "test_smart.py::test_ascent_*",
                     "test_smart.py::test_smart_*", "test_exercise_refs.py::test_smart_*")),
-    Exercise("expected_max", "minbert/seeds.py", ("expected_max",), "14. Seeds",
+    Exercise("expected_max", "minbert/sweep/seeds.py", ("expected_max",), "14. Seeds",
              "Dodge et al. 2019, eq. 1",
              "E[max] = sum_i v_(i) ((i/N)^n - ((i-1)/N)^n), v sorted",
              tests=("test_seeds.py::test_expected_max_by_hand", "test_seeds.py::test_expected_max_std_by_hand",

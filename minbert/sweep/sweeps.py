@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Callable
 
 from minbert.experiments import Experiment
-from minbert.report import summarize
-from minbert.seed_grid import SeedGrid, write_grid_report
-from minbert.seeds import check_search, start_many_stop_early, write_report
-from minbert.shards import (CLAIM_TIMEOUT, PlannedRun, check_sweep_folder, require_finished, sweep_command,
+from minbert.sweep.report import summarize
+from minbert.sweep.seed_grid import SeedGrid, write_grid_report
+from minbert.sweep.seeds import check_search, start_many_stop_early, write_report
+from minbert.sweep.shards import (CLAIM_TIMEOUT, PlannedRun, check_sweep_folder, require_finished, sweep_command,
                             total_steps, train_shard)
 from minbert.trainer import Trainer
 

@@ -1,8 +1,8 @@
 """One command for a GPU day: every GPU measurement this project owes, in order, within a budget.
 
-    make gpu                                       # python -m minbert.gpu_day --budget 11
-    python -m minbert.gpu_day --dry_run            # every step at toy size on the CPU (tests/test_gpu_day.py)
-    python -m minbert.gpu_day merge ARCHIVE        # the archive into results/ and docs/BENCHMARKS.md (gpu_merge.py)
+    make gpu                                       # python -m minbert.gpu.day --budget 11
+    python -m minbert.gpu.day --dry_run            # every step at toy size on the CPU (tests/test_gpu_day.py)
+    python -m minbert.gpu.day merge ARCHIVE        # the archive into results/ and docs/BENCHMARKS.md (merge.py)
 
 A GPU comes to this project for minutes, once, so one command runs the whole programme and
 writes it to one folder, gpu_day/<date>-<device>/:
@@ -44,13 +44,13 @@ from pathlib import Path
 
 import torch
 
-from minbert import gpu_steps
-from minbert.checkpoint import git_commit
-from minbert.gpu_merge import main as merge
-from minbert.gpu_steps import PY, Day, iso, version
-from minbert.paths import SHARED_ENV, shared_dir
+from minbert.gpu import steps as gpu_steps
+from minbert.run.folder import git_commit
+from minbert.gpu.merge import main as merge
+from minbert.gpu.steps import PY, Day, iso, version
+from minbert.run.paths import SHARED_ENV, shared_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARCHIVE_LIMIT = 16 * 2**20  # bytes: what the device tool brings back in one file
 SMALL = {".json", ".jsonl", ".md", ".txt", ".log", ".xml", ".png", ".csv"}  # what the archive takes
 NEEDED = ("torch", "tokenizers", "safetensors", "huggingface_hub", "numpy", "scipy", "tqdm", "pytest", "matplotlib")
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["merge"]:
         return merge(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m minbert.gpu.day", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=None,
                     help="minutes for the whole programme (default 11; 30 with --dry_run, whose steps must all finish)")
     ap.add_argument("--dry_run", action="store_true", help="every step at toy size, on the CPU")
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     day = Day(out=Path(args.out).resolve() / stamp, dry=args.dry_run, end=t0 + 60 * args.budget - 30,
               data_dir=args.data_dir, model=args.model)
     day.out.mkdir(parents=True, exist_ok=True)
-    day.say(f"# GPU day {stamp}{' (dry run)' if day.dry else ''}\n\n`{' '.join(['python -m minbert.gpu_day', *argv])}`\n")
+    day.say(f"# GPU day {stamp}{' (dry run)' if day.dry else ''}\n\n`{' '.join(['python -m minbert.gpu.day', *argv])}`\n")
     day.say(f"- setup: {set_up(day)}")
     env = environment(day)
     (day.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")

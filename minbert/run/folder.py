@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert import distributed
-from minbert.build import MODEL_RECORD, checkpoints, recorded_fingerprint
+from minbert.run import distributed
+from minbert.run.build import MODEL_RECORD, checkpoints, recorded_fingerprint
 from minbert.experiments import RESUMABLE, Experiment
 from minbert.weights import model_fingerprint
 
@@ -202,7 +202,7 @@ def save_best(out: Path, model: torch.nn.Module):
 
 def git_commit() -> str:
     """The code's commit, so a result can be traced to what made it ("+dirty" if changed)."""
-    if os.environ.get("MINBERT_COMMIT"):  # a copy of the tree without .git (the GPU day sets it, gpu_day.py)
+    if os.environ.get("MINBERT_COMMIT"):  # a copy of the tree without .git (the GPU day sets it, gpu/day.py)
         return os.environ["MINBERT_COMMIT"]
     here = Path(__file__).parent
     try:

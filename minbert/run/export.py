@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert import build
+from minbert.run import build
 from minbert.config import BertConfig
 from minbert.data import TASKS
-from minbert.heads import MultitaskBert, loss_kind
+from minbert.heads import loss_kind
+from minbert.multitask import MultitaskBert
 from minbert.model import BertModel
 from minbert.weights import resolve_model_dir
 
@@ -33,7 +34,7 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")  # at least one must be there
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                   "mask_token": "[MASK]"}
 USAGE = ("The encoder loads with minbert.BertModel.from_pretrained(DIR) or transformers.BertModel."
-         "from_pretrained(DIR); minbert.export.load_multitask(DIR) rebuilds the fine-tuned model, heads "
+         "from_pretrained(DIR); minbert.run.export.load_multitask(DIR) rebuilds the fine-tuned model, heads "
          "included: MultitaskBert(encoder, heads={task: head}, pooling, dropout, binary_logit) from this "
          "file, then model.heads.load_state_dict(safetensors.torch.load_file(DIR / 'heads.safetensors')).")
 

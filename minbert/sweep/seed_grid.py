@@ -16,7 +16,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from minbert.seeds import _fmt, expected_max_curve
+from minbert.sweep.seeds import _fmt, expected_max_curve
 
 # ---------------------------------------------------------------------------
 # The init-seed x data-seed grid (Dodge et al. 2020, sections 3 and 5)
@@ -169,7 +169,7 @@ def write_grid_report(grid: SeedGrid, out_dir: str, title: str, meta: Optional[d
     lines += [row(k, *(_fmt(s[k]) for s in stats["data"]), f"**{var['grand_mean']:.4f}**" if k == "mean" else "",
                   "", "", "") for k in keys]
     lines += ["", "Variance of the scores by seed kind: two-way ANOVA with one run per cell "
-              "(formulas: `variance_decomposition` in minbert/seed_grid.py).", "",
+              "(formulas: `variance_decomposition` in minbert/sweep/seed_grid.py).", "",
               row("source", "variance", "std", "share", "df", "F", f"p ({var['permutations']} permutations)"),
               "|---" * 7 + "|"]
     names = {"init": "weight initialisation (rows)", "data": "data order (columns)",

@@ -11,7 +11,7 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 def shared_dir() -> Path:
     """$MINBERT_SHARED, else <repository>/../shared."""
-    return Path(os.environ.get(SHARED_ENV) or Path(__file__).resolve().parents[2] / "shared").expanduser()
+    return Path(os.environ.get(SHARED_ENV) or Path(__file__).resolve().parents[3] / "shared").expanduser()
 
 
 def default_model() -> Path:

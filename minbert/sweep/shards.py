@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from minbert.checkpoint import config_differences, record_model
+from minbert.run.folder import config_differences, record_model
 from minbert.experiments import Experiment
 
 CLAIM = "claim"

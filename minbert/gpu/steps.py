@@ -1,4 +1,4 @@
-"""The steps of a GPU day (minbert/gpu_day.py runs them in order, each until a given time):
+"""The steps of a GPU day (minbert/gpu/day.py runs them in order, each until a given time):
 the CUDA tests, the table's presets side by side, the benchmarks, M-FAC against Adam, the seed
 grid. Each runs its commands as child processes (`run`), so a crash, an out-of-memory or a NaN
 stops only that process, and returns the line the day's report gives it; presets and runs add
@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from minbert.experiments import PRESETS, Experiment
-from minbert.report import compare_optimizers, write_table
-from minbert.shards import total_steps
-from minbert.side_by_side import last_step
-from minbert.sweeps import write_seeds
+from minbert.sweep.report import compare_optimizers, write_table
+from minbert.sweep.shards import total_steps
+from minbert.sweep.side_by_side import last_step
+from minbert.sweep.sweeps import write_seeds
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 PAPER_EPOCHS = 10
 # M-FAC's MRPC model card: run_glue (the glue preset: batch 32, lr 1e-4, 5 epochs, max_seq_length

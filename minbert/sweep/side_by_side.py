@@ -35,10 +35,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from minbert.report import write_table
-from minbert.shards import PlannedRun, status
+from minbert.sweep.report import write_table
+from minbert.sweep.shards import PlannedRun, status
 
-SCRIPT = Path(__file__).resolve().parents[1] / "train_multitask.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "train_multitask.py"
 
 
 def as_flags(overrides: dict) -> list[str]:

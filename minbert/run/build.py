@@ -20,12 +20,12 @@ from torch._functorch import config as functorch_config
 from minbert.batches import Encoded, encode
 from minbert.data import TASKS, read_split
 from minbert.experiments import Experiment
-from minbert.heads import MultitaskBert
+from minbert.multitask import MultitaskBert
 from minbert.model import BertModel
 from minbert.tokenizer import BertTokenizer
 from minbert.weights import model_fingerprint
 
-MODEL_RECORD = "model_identity.json"  # the run's model fingerprint, written when the run starts (checkpoint.py)
+MODEL_RECORD = "model_identity.json"  # the run's model fingerprint, written when the run starts (folder.py)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,6 +1,6 @@
-"""A GPU day's archive (minbert/gpu_day.py) into results/ and docs/BENCHMARKS.md.
+"""A GPU day's archive (minbert/gpu/day.py) into results/ and docs/BENCHMARKS.md.
 
-    python -m minbert.gpu_day merge gpu_day/2026-12-01-0930-NVIDIA-H200.tar.gz
+    python -m minbert.gpu.day merge gpu_day/2026-12-01-0930-NVIDIA-H200.tar.gz
 
 - results/cs224n_table.md and .json: the day's rows added (report.merge_rows), each with its
   device, date, epochs reached and command; the earlier rows (CPU runs, earlier GPU days) stay.
@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from minbert.report import merge_rows
+from minbert.sweep.report import merge_rows
 
 STEP_LOGS = {"log.jsonl", "train.log", "trainer_state.json", "eval_results.json"}  # each run's, left in the archive
 OWED = "## Owed: the GPU runs"
@@ -66,7 +66,7 @@ def section(day: Path, meta: dict) -> str:
     """The day's benchmarks as BENCHMARKS.md shows them: each command, then what it printed."""
     env, stamp = meta["environment"], meta["stamp"]
     lines = [f"## Results ({env['gpu']}, {env['date']}): a GPU day", "",
-             f"Written by `python -m minbert.gpu_day merge` from the GPU day {stamp} (commit {env['commit']}, torch "
+             f"Written by `python -m minbert.gpu.day merge` from the GPU day {stamp} (commit {env['commit']}, torch "
              f"{env['torch']}, CUDA {env['cuda']}, driver {env['nvidia_smi']}); its report and every output are in "
              f"[`results/gpu_days/{stamp}/`](../results/gpu_days/{stamp}/)."]
     if meta["dry_run"]:
@@ -102,7 +102,7 @@ def with_section(text: str, stamp: str, body: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m minbert.gpu_day merge", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m minbert.gpu.day merge", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("archive", help="the .tar.gz a GPU day wrote")
     ap.add_argument("--results", default="results", help="the results folder (default results/)")

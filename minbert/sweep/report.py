@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from minbert.experiments import PRESETS, Experiment
-from minbert.plots import plot_table, table_run
+from minbert.sweep.plots import plot_table, table_run
 
 TABLE_METRICS = ("eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson", "eval_overall")
 
@@ -99,7 +99,7 @@ def write_table(runs_dir, out_md, keep: bool = True):
 
 
 def merge_rows(new_rows: list[dict], out_md, source: str) -> list[str]:
-    """Add rows (a GPU day's table, gpu_day.py) to the table at out_md, keeping every earlier row
+    """Add rows (a GPU day's table, gpu/day.py) to the table at out_md, keeping every earlier row
     but one of the same preset, device and day (the same rows merged again); returns the presets added."""
     out_md = Path(out_md)
     day = lambda r: (r["preset"], device_kind(r), r["date"][:10])  # noqa: E731
