@@ -28,9 +28,9 @@ import json
 import sys
 from pathlib import Path
 
-from minbert.run.build import encode_split, load_run, read_data
 from minbert.data import TASKS, split_path
 from minbert.evaluation import predict, score
+from minbert.run.build import encode_split, load_run, read_data
 from minbert.run.export import export_hf
 from minbert.sweep.plots import plot_run
 

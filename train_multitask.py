@@ -6,7 +6,7 @@
     python train_multitask.py --table runs/ --out results/cs224n_table.md
     python train_multitask.py --preset all --jobs 13 --fast     # every row at once (minbert/sweep/side_by_side.py)
     python train_multitask.py --task_name mrpc --grid 4,4 --epochs 1   # Dodge et al.'s init x data seed grid
-    python train_multitask.py --task_name mrpc --grid 4,5 --shard 3/20  # runs 3, 23, ... of it (minbert/sweep/shards.py)
+    python train_multitask.py --task_name mrpc --grid 4,5 --shard 3/20  # runs 3, 23, ... of it (sweep/shards.py)
     python train_multitask.py --task_name mrpc --grid 4,5 --report      # once every shard is done
 
 By default a run computes with the readable code (attention's math, AdamW._update); --fast
@@ -31,16 +31,26 @@ import sys
 import typing
 from pathlib import Path
 
-from minbert.run import distributed
 from minbert.data import not_found, split_path
-from minbert.experiments import CHOICES, PRESETS, Experiment, preset
+from minbert.experiments import CHOICES, PRESETS, Experiment, preset, presets_using
 from minbert.fastpaths import FastPathMismatch
+from minbert.heads import HEADS
+from minbert.run import distributed
 from minbert.sweep.report import write_table
-from minbert.sweep.shards import CLAIM_TIMEOUT, IncompleteSweep, PlannedRun, check_runs, parse_shard, require_finished, \
-    train_shard, without_flags
+from minbert.sweep.shards import (
+    CLAIM_TIMEOUT,
+    IncompleteSweep,
+    PlannedRun,
+    check_runs,
+    parse_shard,
+    require_finished,
+    train_shard,
+    without_flags,
+)
 from minbert.sweep.side_by_side import run_shards, run_side_by_side
 from minbert.sweep.sweeps import SWEEP_EVALS_PER_EPOCH, plan_grid, plan_seeds, plan_sweep, train_run
 from minbert.trainer import Trainer
+from minbert.updates import UPDATES
 from minbert.weights import resolve_model_dir
 
 RUN_GLUE_ALIASES = {"model": ["--model_name_or_path"], "lr": ["--learning_rate"], "epochs": ["--num_train_epochs"],
@@ -50,12 +60,12 @@ RUN_GLUE_ALIASES = {"model": ["--model_name_or_path"], "lr": ["--learning_rate"]
 HELP = {
     "name": "the run's name (default: the preset's); the output folder is runs/<name>",
     "tasks": "comma-separated tasks to train, e.g. sst,quora,sts or mrpc",
-    "heads": "task=head pairs, e.g. sts=cos-2d1; heads: linear, concat, cos-emb, cos-d, cos-2d1",
+    "heads": "task=head pairs, e.g. sts=cos-2d1",
     "pair_input": "how a sentence pair reaches the encoder",
     "pooling": "sentence vector from the token vectors (minbert/pooling.py)",
     "binary_logit": "binary tasks: one logit + BCE (the paper); --no-binary_logit: two logits + CE (run_glue)",
     "head_dropout": "dropout before the task heads",
-    "update": "how the task losses make an update (minbert/trainer.py, Trainer.update)",
+    "update": "how the task losses make an update (minbert/updates.py)",
     "pcgrad_reduction": "how PCGrad combines the projected task gradients",
     "smart": "add SMART's smoothness regulariser to each task loss (minbert/smart.py)",
     "smart_weight": "SMART's lambda", "smart_sigma": "SMART's initial noise std",
@@ -74,7 +84,8 @@ HELP = {
     "steps_per_epoch": "0: from iters_mult; -1: one pass over the first task's training set; > 0: this many",
     "max_steps": "> 0: stop after this many steps (smoke tests); 0: the whole run",
     "deadline": "an ISO time, e.g. 2026-12-01T09:30:00+00:00 (UTC if no zone): stop at the first step after it, "
-                "evaluate, checkpoint and write the results with the step reached; the command with a later --deadline (or none) resumes",
+                "evaluate, checkpoint and write the results with the step reached; the command with a later "
+                "--deadline (or none) resumes",
     "max_length": "tokens per segment, longer ones are cut",
     "bucket_window": "> 1: batches of similar lengths, sorted within windows of this many batches",
     "pad_to_multiple_of": "> 0: pad each batch to a length that is a multiple of this (at most --max_length): "
@@ -125,12 +136,19 @@ def parse_heads(text: str) -> dict:
 
 
 def field_help(f: dataclasses.Field) -> str:
+    """HELP's line, then what the registries allow (read when the parser is built), then the default."""
     default = f.default_factory() if f.default is dataclasses.MISSING else f.default
     text = HELP[f.name]
-    if f.name in CHOICES:
+    if f.name == "heads":
+        text += "; heads: " + ", ".join(f"{name} ({'/'.join(head.task_kinds)})" for name, head in HEADS.items())
+    elif f.name == "update":  # each kind, and the presets (the paper's rows) that use it
+        text += "; " + "; ".join(f"{name}: {u.about} (presets: {', '.join(presets_using('update', name)) or 'none'})"
+                                 for name, u in UPDATES.items())
+    elif f.name in CHOICES:
         text += f"; one of: {', '.join(CHOICES[f.name])}"
     if f.name == "model":
-        return text + "; default: $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/models/... beside the repository"
+        return text + ("; default: $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/models/... beside "
+                       "the repository")
     return text + f"; default: {default!r}" if default not in ((), {}, "") else text
 
 
@@ -190,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
             fields.add_argument(*names, dest=f.name, type=parse_heads if f.name == "heads" else parse_kv,
                                 default=None, help=help)
         else:
-            fields.add_argument(*names, dest=f.name, type=kind, default=None, help=help,
-                                metavar=f.name.upper() if f.name not in CHOICES else "{" + ",".join(CHOICES[f.name]) + "}")
+            metavar = "{" + ",".join(CHOICES[f.name]) + "}" if f.name in CHOICES else f.name.upper()
+            fields.add_argument(*names, dest=f.name, type=kind, default=None, help=help, metavar=metavar)
     return ap
 
 
@@ -308,65 +326,74 @@ def many_runs(args, exp: Experiment, argv: list[str]) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    sweep = bool(args.seeds or args.sweep or args.grid)
-    try:
-        if args.shard:
-            parse_shard(args.shard)
-        if not args.claim_timeout > 0:
-            raise ValueError(f"--claim_timeout must be > 0 seconds, got {args.claim_timeout}")
-        if args.shard and (args.jobs or args.report):
-            raise ValueError("--shard is one process's part of the sweep: leave out --jobs and --report")
-        names = several_presets(args)
-        if names:
-            return side_by_side(args, names)
-        if args.jobs and not sweep:
-            raise ValueError("--jobs is for several presets (--preset a,b,c or --preset all) or a sweep "
-                             "(--seeds, --sweep, --grid)")
-        if args.jobs < 0 or (args.jobs and args.report):
-            raise ValueError(f"--jobs K runs K shards of the sweep, K >= 1 (got {args.jobs}), and not with --report")
-        if (args.shard or args.report) and not sweep:
-            raise ValueError("--shard and --report are for a sweep (--seeds, --sweep, --grid) or several presets "
-                             "(--preset a,b,c or --preset all)")
-        if args.grid:
-            parse_grid(args.grid)
-        if sum(bool(x) for x in (args.seeds, args.sweep, args.grid)) > 1:
-            raise ValueError("--seeds, --sweep and --grid each run many runs: choose one")
-        if args.table:
-            write_table(args.table, args.out or "results/cs224n_table.md")
-            return 0
-        exp = resolve(args)
-    except IncompleteSweep as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    # FileNotFoundError included; OSError: a hub id while offline; the others: a preset's shard training
-    except (ValueError, OSError, FastPathMismatch, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def is_sweep(args) -> bool:
+    return bool(args.seeds or args.sweep or args.grid)
+
+
+def check_flags(args):
+    """Combinations of flags that cannot run together, each refused with one line before any
+    work (a preset's fields are Experiment.validate's to check; several presets' side_by_side's)."""
+    sweep = is_sweep(args)
+    if args.shard:
+        parse_shard(args.shard)
+    if not args.claim_timeout > 0:
+        raise ValueError(f"--claim_timeout must be > 0 seconds, got {args.claim_timeout}")
+    if args.shard and (args.jobs or args.report):
+        raise ValueError("--shard is one process's part of the sweep: leave out --jobs and --report")
+    if several_presets(args):
+        return
+    if args.jobs and not sweep:
+        raise ValueError("--jobs is for several presets (--preset a,b,c or --preset all) or a sweep "
+                         "(--seeds, --sweep, --grid)")
+    if args.jobs < 0 or (args.jobs and args.report):
+        raise ValueError(f"--jobs K runs K shards of the sweep, K >= 1 (got {args.jobs}), and not with --report")
+    if (args.shard or args.report) and not sweep:
+        raise ValueError("--shard and --report are for a sweep (--seeds, --sweep, --grid) or several presets "
+                         "(--preset a,b,c or --preset all)")
+    if args.grid:
+        parse_grid(args.grid)
+    if sum(bool(x) for x in (args.seeds, args.sweep, args.grid)) > 1:
+        raise ValueError("--seeds, --sweep and --grid each run many runs: choose one")
+    if sweep and distributed.launched():
+        raise ValueError("--seeds, --sweep and --grid train their runs one process each; split them with "
+                         "--shard or --jobs, and torchrun one big run alone")
+
+
+def dispatch(args, argv: list[str]) -> int:
+    """What the flags ask for: several presets side by side, a results table, a sweep, or one run."""
+    names = several_presets(args)
+    if names:
+        return side_by_side(args, names)
+    if args.table:
+        write_table(args.table, args.out or "results/cs224n_table.md")
+        return 0
+    exp = resolve(args)
     if distributed.is_main():
         print(json.dumps(exp.to_dict(), indent=2))
     if args.print_config:
         return 0
-    if distributed.launched() and sweep:
-        print("error: --seeds, --sweep and --grid train their runs one process each; split them with --shard "
-              "or --jobs, and torchrun one big run alone", file=sys.stderr)
-        return 2
+    if is_sweep(args):
+        return many_runs(args, exp, argv)
+    Trainer(exp).train()
+    distributed.teardown()  # under torchrun; nothing otherwise
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
     try:
-        if sweep:
-            return many_runs(args, exp, argv)
-        Trainer(exp).train()
-    except IncompleteSweep as e:
+        check_flags(args)
+        return dispatch(args, argv)
+    except IncompleteSweep as e:  # --report while a run of the sweep is not finished
         print(f"error: {e}", file=sys.stderr)
         return 1
-    # before any work: another run's folder, bad data or weights, M-FAC memory, a fast path that
-    # disagrees with the readable code; during: an unreadable checkpoint, a NaN that stopped the run
+    # before any work: a bad flag or field, another run's folder, bad data or weights (OSError: a
+    # hub id while offline), M-FAC memory, a fast path that disagrees with the readable code;
+    # during: an unreadable checkpoint, a NaN that stopped the run
     except (ValueError, OSError, FastPathMismatch, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    distributed.teardown()  # under torchrun; nothing otherwise
-    return 0
 
 
 if __name__ == "__main__":

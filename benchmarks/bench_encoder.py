@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds minbert/ and benchmarks/
-from benchmarks.common import (MINILM, add_common_args, clock, environment, interleave, mfu,  # noqa: E402
-                               report, setup)
+from benchmarks.common import MINILM, add_common_args, clock, environment, interleave, mfu, report, setup  # noqa: E402
 from minbert import BertConfig, BertModel  # noqa: E402
 
 HF_ATTN = {"math": "eager", "sdpa": "sdpa"}  # our name -> transformers' name for the same computation

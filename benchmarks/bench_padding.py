@@ -7,7 +7,8 @@ Counts (exact, no timing): over one epoch of the preset's training batches (755 
 batch 8 on the CS224N data), the positions the encoder computes, real and padded, for each
 task: random batches (window 0, the paper's and our default) against bucketed ones
 (batches.Bucketed: sort the examples of `window` consecutive batches by length, cut and
-shuffle; at most one pass long, as in training). A segment is padded to its longest member in the batch; siamese pairs are two
+shuffle; at most one pass long, as in training). A segment is padded to its longest member in the batch;
+siamese pairs are two
 segments. "padding" = padded positions / real tokens.
 
 Timing (with --time_steps N): Trainer.update of the preset on the first N steps of the
@@ -82,7 +83,8 @@ def main():
     env = {**environment(device), "preset": args.preset, "batch_size": args.batch_size,
            "steps (one epoch)": steps, "model": trainer.exp.model}
     report("Positions computed in one epoch of training batches, random (window 0) and length-bucketed", env, rows,
-           ["window", "task", "real tokens", "computed positions", "padding", f"positions vs window {windows[0]}"], None)
+           ["window", "task", "real tokens", "computed positions", "padding",
+            f"positions vs window {windows[0]}"], None)
 
     if args.time_steps > 0:
         timed, first = {}, windows[0]

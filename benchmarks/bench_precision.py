@@ -9,7 +9,8 @@ Modes: "bf16" is autocast (`--bf16 on`, minbert/evaluation.py); on the CPU it ru
 arithmetic of a CUDA bf16 run (bf16 matmul inputs, float32 accumulation). "tf32" rounds the
 inputs of every float32 matmul, forward, backward and the optimizer's, to TF32's 10-bit
 mantissa, 11 significant bits (`tf32_matmuls`), as CUDA does with
-`torch.backends.cuda.matmul.allow_tf32`; on CUDA it switches that on instead. Dropout is off in both runs so that only the arithmetic
+`torch.backends.cuda.matmul.allow_tf32`; on CUDA it switches that on instead. Dropout is off in both runs so that
+only the arithmetic
 differs. Per preset: the task losses' largest relative difference, and the update
 Delta = theta_after - theta_before as ||Delta_mode - Delta_fp32|| / ||Delta_fp32|| and the
 cosine of the two. The first AdamW step is lr * g / (|g| + eps), about lr * sign(g), so the
@@ -178,7 +179,8 @@ def main():
         for name in names:
             base, extra = VARIANTS.get(name, (name, {}))
             extra = {**extra, **({} if base == "glue" else {"batch_size": args.batch_size})}
-            exp = preset(base, name=name, model=args.model, data_dir=str(data_dir), device=args.device, max_eval_examples=1,
+            exp = preset(base, name=name, model=args.model, data_dir=str(data_dir), device=args.device,
+                         max_eval_examples=1,
                          save_checkpoints=False, output_dir=str(Path(tmp) / name), **extra)
             for mode, r in measure(exp, modes).items():
                 rows.append({"preset": name, "mode": mode, **r})

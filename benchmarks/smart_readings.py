@@ -3,7 +3,7 @@ the regulariser's size per task at the paper's values, what bf16 autocast does t
 and to the Bregman term, and what running SMART's passes in float32 under autocast costs.
 
     python benchmarks/smart_readings.py --threads 1 --batches 3 --json docs/benchmarks/smart-readings-cpu.json
-    git show 769a6fc:minbert/smart.py > /tmp/smart_769a6fc.py    # the form before issue 24, measured beside:
+    git show 769a6fc:minbert/smart.py > /tmp/smart_769a6fc.py    # the form of commit 769a6fc, measured beside:
     python benchmarks/smart_readings.py --threads 1 --batches 3 --also /tmp/smart_769a6fc.py --no_timing
 
 R is smart_regularizer(...) at lambda-free paper values (sigma = eps = 1e-5, eta = 1e-3, one
@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import add_common_args, clock, environment, interleave, report, setup  # noqa: E402
 from minbert.batches import collate, to_device  # noqa: E402
-from minbert.run.build import build_model, encode_split  # noqa: E402
 from minbert.experiments import preset  # noqa: E402
+from minbert.run.build import build_model, encode_split  # noqa: E402
 from minbert.smart import DEFAULTS, READINGS, MomentumTeacher, bregman_term, smart_regularizer  # noqa: E402
 
 PAPER = {k: v for k, v in DEFAULTS.items() if k != "weight"}
@@ -97,7 +97,8 @@ def main():
             fixed = [regulariser(model, task, b, i, reading, bf16=True) for i, b in enumerate(bs)] if not kw else []
             model.train()
             drop = [regulariser(model, task, b, i, reading, **kw) for i, b in enumerate(bs)]
-            rows.append({"task": task, "reading": f"{reading} ({args.also})" if other and reading == "other" else reading,
+            label = f"{reading} ({args.also})" if other and reading == "other" else reading
+            rows.append({"task": task, "reading": label,
                          "R float32": span(r32), "R dropout on": span(drop),
                          "bf16 alone / float32": ratios(alone, r32),
                          "bf16 fixed / float32": "—" if reading == "other" else ratios(fixed, r32)})
@@ -141,7 +142,8 @@ def main():
     times = interleave({"bf16, float32 passes (fixed)": update(True, True), "bf16 alone": update(True, False),
                         "float32": update(False, True)}, device, args.warmup, args.steps, args.rounds)
     ref = times["bf16 alone"].ms
-    trows = [{"contender": k, "ms": f"{t.ms:.0f}", "median wall ms": f"{t.wall_ms:.0f}", "x bf16 alone": f"{t.ms / ref:.2f}"}
+    trows = [{"contender": k, "ms": f"{t.ms:.0f}", "median wall ms": f"{t.wall_ms:.0f}",
+              "x bf16 alone": f"{t.ms / ref:.2f}"}
              for k, t in times.items()]
     report(f"One SMART update of the SST loss (forward + backward, {clock(device)} time), reading {exp.smart_reading}",
            env, trows, ["contender", "ms", "median wall ms", "x bf16 alone"], args.json)

@@ -58,7 +58,8 @@ class BertConfig:
         """Keeps the fields we know and ignores the rest (hub configs carry many extras)."""
         known = {f.name for f in dataclasses.fields(cls)}
         if d.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"position_embedding_type {d['position_embedding_type']!r} is not supported (only 'absolute')")
+            raise ValueError(f"position_embedding_type {d['position_embedding_type']!r} is not supported "
+                             f"(only 'absolute')")
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod

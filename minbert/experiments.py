@@ -20,25 +20,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from minbert.data import TASKS
-from minbert.heads import check_head
+from minbert.heads import HEADS, check_head, heads_reading
 from minbert.optim import MFAC
-from minbert.run.paths import default_model
 from minbert.pooling import POOLERS
+from minbert.run.compat import upgrade_config
+from minbert.run.paths import default_model
 from minbert.smart import DEFAULTS as SMART
 from minbert.smart import READINGS as SMART_READINGS
+from minbert.updates import UPDATES
 
 DEFAULT_MODEL = str(default_model())  # $MINBERT_SHARED/models/all-MiniLM-L6-v2, else ../shared/... (run/paths.py)
-# name -> what it means; the allowed values of every enum-like field, for checks and --help
+# The allowed values of every enum-like field (name -> what it means, or the registry itself), for
+# the checks and --help. The registries (UPDATES, POOLERS) are the dicts themselves, so an entry
+# added there is allowed and listed here at once; HEADS are checked by heads.check_head.
 CHOICES = {
-    "update": {"separate": "each task its own optimizer step, one after another (the paper's baseline)",
-               "summed": "one step on the summed task losses",
-               "pcgrad": "one step on the PCGrad-projected task gradients (Yu et al. 2020)",
-               "gse": "a PCGrad step, then a step on the summed loss (the paper's gradient surgery experiment)"},
+    "update": UPDATES,
     "pcgrad_reduction": {"sum": "Yu et al.'s update: the projected gradients summed",
                          "mean": "their mean (the student paper's GSE)"},
     "pair_input": {"siamese": "the two sentences encoded apart (Sentence-BERT)",
                    "cross": "one segment [CLS] A [SEP] B [SEP]"},
-    "pooling": {name: "" for name in POOLERS},
+    "pooling": POOLERS,
     "optim": {"adamw": "AdamW (minbert/optim/adamw.py)", "mfac": "M-FAC (minbert/optim/mfac.py)"},
     "lr_schedule": {"constant": "", "linear": "linear decay to 0 (run_glue's default)"},
     "results_from": {"best": "the best evaluation (by the overall score)", "final": "the last evaluation (run_glue)"},
@@ -75,7 +76,7 @@ class Experiment:
     binary_logit: bool = True  # binary tasks: one logit + BCE (paper); False: two logits + CE (run_glue)
     head_dropout: float = 0.1
     # how it is updated
-    update: str = "separate"  # separate | summed | pcgrad | gse (CHOICES above)
+    update: str = "separate"  # separate | summed | pcgrad | gse: how the losses make an update (updates.py)
     pcgrad_reduction: str = "sum"  # how PCGrad combines the projected task gradients: sum | mean
     smart: bool = False
     smart_weight: float = SMART["weight"]  # lambda
@@ -149,10 +150,10 @@ class Experiment:
                 check_head(h, t)
             except ValueError as e:
                 bad(str(e))
-            # Two-sentence heads need the sentences encoded apart; "linear" needs one segment.
-            if TASKS[t].pair and (h != "linear") != (self.pair_input == "siamese"):
-                bad(f"head {h!r} does not fit pair_input={self.pair_input} for {t}: use linear with cross, "
-                    f"or concat / cos-* with siamese")
+            # A pair task's head reads two vectors when the sentences are encoded apart, else one.
+            if TASKS[t].pair and HEADS[h].segments != (2 if self.pair_input == "siamese" else 1):
+                bad(f"head {h!r} does not fit pair_input={self.pair_input} for {t}: use "
+                    f"{' / '.join(heads_reading(1))} with cross, or {' / '.join(heads_reading(2))} with siamese")
         for name in ("epochs", "batch_size", "eval_per_epoch", "max_length", "eval_batch_size", "iters_mult",
                      "logging_steps"):
             if getattr(self, name) <= 0:
@@ -193,13 +194,8 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Experiment":
-        """A config.json's fields, this version's or an older run's, -> the Experiment."""
-        d = dict(d)
-        if "attn_implementation" in d:  # config.json of runs made before --fast existed
-            d.setdefault("fast", d.pop("attn_implementation") == "sdpa")
-        if isinstance(d.get("bf16"), bool):  # runs made before bf16 took auto | on | off: true meant on CUDA only
-            d["bf16"] = "auto" if d["bf16"] else "off"
-        return cls.from_fields(d)
+        """A config.json's fields, this version's or an earlier one's (run/compat.py), -> the Experiment."""
+        return cls.from_fields(upgrade_config(d))
 
     @classmethod
     def from_fields(cls, d: dict) -> "Experiment":
@@ -253,6 +249,13 @@ PRESETS: dict[str, tuple[dict, tuple | None]] = {
                   binary_logit=False, lr=1e-4, lr_schedule="linear", epochs=5, batch_size=32,
                   steps_per_epoch=-1, eval_per_epoch=1, max_grad_norm=1.0, results_from="final"), None),
 }
+
+
+def presets_using(field: str, value) -> list[str]:
+    """The presets whose runs have `field` == value, set by the preset or left at the default:
+    presets_using("update", "summed") -> ["multitask", "glue"]."""
+    default = {f.name: f.default for f in dataclasses.fields(Experiment)}[field]
+    return [name for name, (fields, _) in PRESETS.items() if fields.get(field, default) == value]
 
 
 def preset(name: str, /, **overrides) -> Experiment:

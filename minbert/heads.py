@@ -4,7 +4,7 @@ A task's input reaches the encoder as one segment (a sentence, or a pair encoded
 `[CLS] A [SEP] B [SEP]`: the "cross" input) or as two sentences encoded separately
 and compared (the "siamese" input of Sentence-BERT, Reimers & Gurevych 2019, which the
 CS224N paper uses). Each head is a small class in the HEADS registry, by the name a
-preset gives it:
+preset or `--heads task=name` gives it:
 
   linear    one segment -> pooled vector -> dropout -> Linear(H, C)
   concat    siamese [u; v] -> dropout -> Linear(2H, C)
@@ -15,6 +15,9 @@ preset gives it:
 Losses (TaskHead.loss): cross-entropy for C > 2 (SST), binary cross-entropy on one logit
 for binary CS224N tasks (Quora), MSE for scores (STS); all are means over the batch, so a
 short last batch weighs the same per example.
+
+A new head is a TaskHead subclass and one HEADS entry (docs/EXTENDING.md): its class
+attributes `segments` and `task_kinds` are what the checks of an Experiment and --help read.
 """
 from __future__ import annotations
 
@@ -36,8 +39,10 @@ def loss_kind(task: str, binary_logit: bool = True) -> str:
 
 class TaskHead(nn.Module):
     """What every head shares: its loss and prediction from the task's kind. A subclass sets
-    `segments` and writes forward(vectors) -> (B, C) logits or (B,) scores."""
+    `segments` (and `task_kinds` if it serves fewer) and writes forward(vectors) -> (B, C)
+    logits or (B,) scores."""
     segments = 1  # sentence vectors the head reads: 1 (one segment) or 2 (siamese u, v)
+    task_kinds = ("classification", "regression")  # the data.TASKS kinds it can serve
 
     def __init__(self, task: str, hidden: int, dropout: float, binary_logit: bool):
         super().__init__()
@@ -100,6 +105,7 @@ class Concat(TaskHead):
 class CosEmb(TaskHead):
     """cos(u, v) in [-1, 1]; trained with CosineEmbeddingLoss against labels thresholded at 2.5."""
     segments = 2
+    task_kinds = ("regression",)  # a similarity score
 
     def forward(self, vectors):
         # vectors: [u, v], each (B, H) -> (B,)
@@ -121,6 +127,7 @@ class CosEmb(TaskHead):
 class CosD(TaskHead):
     """5 * sigmoid(20 * cos(W u + b, W v + b)), one d-wide Linear shared by both sentences."""
     segments = 2
+    task_kinds = ("regression",)  # a similarity score
 
     def __init__(self, task, hidden, dropout, binary_logit):
         super().__init__(task, hidden, dropout, binary_logit)
@@ -140,6 +147,7 @@ class CosD(TaskHead):
 class Cos2d1(TaskHead):
     """dropout -> Linear(2H + 1, 1) on [u; v; cos(u, v)]."""
     segments = 2
+    task_kinds = ("regression",)  # a similarity score
 
     def __init__(self, task, hidden, dropout, binary_logit):
         super().__init__(task, hidden, dropout, binary_logit)
@@ -161,8 +169,14 @@ def check_head(name: str, task: str):
     """A ValueError unless `name` is a head that can serve `task`."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r} for task {task}; choose one of {', '.join(HEADS)}")
-    if name.startswith("cos") and TASKS[task].kind != "regression":
-        raise ValueError(f"head {name!r} predicts a similarity score; task {task} is {TASKS[task].kind}")
+    kind = TASKS[task].kind
+    if kind not in HEADS[name].task_kinds:
+        raise ValueError(f"head {name!r} serves {' or '.join(HEADS[name].task_kinds)} tasks; task {task} is {kind}")
+
+
+def heads_reading(segments: int) -> list[str]:
+    """The heads that read this many sentence vectors: 1 (one segment) or 2 (siamese u, v)."""
+    return [name for name, head in HEADS.items() if head.segments == segments]
 
 
 def make_head(name: str, task: str, hidden: int, dropout: float = 0.1, binary_logit: bool = True) -> TaskHead:

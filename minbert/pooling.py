@@ -5,7 +5,9 @@ Sentence-BERT (Reimers & Gurevych 2019, section 3) compares the first three. Pad
 counts: mean divides by the number of real tokens, max ignores pad positions. "pooler" is
 tanh(W h_[CLS] + b) with the encoder's pre-trained pooler weights (Devlin et al. 2019, the
 vector next-sentence prediction was trained on; run_glue's classifiers read it). Every
-pooling takes (hidden, attention_mask, bert); only "pooler" needs the encoder.
+pooling takes (hidden, attention_mask, bert); only "pooler" needs the encoder. A new pooling
+is one such function and one POOLERS entry (docs/EXTENDING.md): `--pooling` and its checks
+read POOLERS.
 """
 import torch
 

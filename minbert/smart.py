@@ -1,39 +1,32 @@
 """SMART: "Robust and Efficient Fine-Tuning for Pre-trained Natural Language Models
 through Principled Regularized Optimization" (Jiang et al., ACL 2020).
 
-Two pieces, both model-agnostic:
-- smoothness-inducing adversarial regularization R(theta) (eq. 2-3, Algorithm 1):
-  perturb the embedding-layer output, push the perturbation uphill on the output
-  divergence, and penalise the divergence the model shows there;
-- the Bregman proximal point term (eq. 4-5) against a momentum ("mean") teacher.
+Two pieces, both model-agnostic; the caller weighs them:
+    loss = task_loss + lambda * smart_regularizer(...) + mu * bregman_term(...)
+- the smoothness-inducing adversarial regularizer R(theta) (eq. 2-3, Algorithm 1): perturb
+  the embedding-layer output x, push the perturbation nu uphill on the output divergence,
+  and penalise the divergence the model shows there;
+- the Bregman proximal-point term (eq. 4-5) against a momentum ("mean") teacher.
 
-The caller applies the weights: loss = task_loss + lambda * smart_regularizer(...)
-(+ mu * bregman_term(...)); lambda is DEFAULTS["weight"].
+Every reading of the perturbation (READINGS, `--smart_reading`) starts from
+x~ = x + nu, nu ~ N(0, sigma^2 I) (Algorithm 1 line 6), takes `steps` ascent steps with
+g = grad_nu l_s(f(x + nu), f(x)) (f(x) held constant), and returns l_s(f(x + nu), f(x)):
 
-Three readings of the perturbation (READINGS, `--smart_reading`); all start from
-x~ = x + nu, nu ~ N(0, sigma^2 I) (Algorithm 1 line 6), take `steps` ascent steps with
-g = grad_nu l_s(f(x + nu), f(x)) (f(x) held constant), and return l_s(f(x + nu), f(x)):
-
-  library  nu <- (nu + eta g) / (||nu + eta g||_inf + eps), the norm per token (over H).
-           smart-pytorch 0.0.4, SMARTLoss.forward (archinetai/smart-pytorch, on PyPI), the
-           library whose four settings the student paper gives (its noise_var multiplies
-           N(0, 1): it is sigma). eps only guards the division, so nu ends with ~1 in each
-           token's largest entry, against |x| ~ 0.2.
+  library  nu <- (nu + eta g) / (||nu + eta g||_inf + eps), the norm per token (over H):
+           smart-pytorch 0.0.4's SMARTLoss (archinetai/smart-pytorch), whose four settings
+           the CS224N student paper gives (its noise_var is sigma). eps only guards the
+           division, so nu ends near 1 in each token's largest entry, against |x| ~ 0.2.
   paper    nu <- Pi(nu + eta g / ||g||_inf), the norm per example (over T, H), Pi the
-           projection onto the eps-ball ||x~ - x||_inf <= eps (Algorithm 1 lines 8-9; the
-           ball's norm is the one line 8 normalises with). At eps = 1e-5, |nu| <= 1e-5.
-  mt-dnn   the library's update (namisan/mt-dnn, mt_dnn/perturbation.py, SmartPerturbation;
-           per token unless --adv_norm_level > 0), with the authors' losses (mt_dnn/loss.py):
-           the ascent climbs the batch *sum* of stable_kl(f(x~), f(x)), a one-sided KL whose
-           log-odds are held constant (MSE summed for regression); the final term is
-           SymKlCriterion(f(x), f(x~)): KL(f(x~)||f(x)) + KL(f(x)||f(x~)), each half with its
-           target held constant, so each side gets the gradient of one half (the value is the
-           symmetric KL). Its "effective" perturbation eta g / (||nu + eta g||_inf + eps) is
-           only logged there, never used. A one-logit head is the two-class softmax on [0, x].
+           projection onto the eps-ball ||x~ - x||_inf <= eps (Algorithm 1 lines 8-9).
+           At eps = 1e-5, |nu| <= 1e-5.
+  mt-dnn   the SMART authors' code (namisan/mt-dnn: mt_dnn/perturbation.py, mt_dnn/loss.py):
+           the library's update, per token; the ascent climbs the batch *sum* of a one-sided
+           KL with the log-odds held constant (MSE summed for regression); the final term is
+           the symmetric KL(f(x~)||f(x)) + KL(f(x)||f(x~)), each half with its target held
+           constant. A one-logit head is the two-class softmax on [0, x].
 
-The Bregman term: neither the library nor mt-dnn has one (mt-dnn's module/my_optim.py has an
-EMA class, the teacher's update below, which its training code never calls), so
-MomentumTeacher and bregman_divergence follow the paper alone.
+MomentumTeacher and bregman_term follow the paper (eq. 4-5): neither code base above has
+the Bregman term.
 
 bf16 autocast: rounded to bf16, a 1e-5 perturbation of x ~ 0.2 vanishes, and so does
 f(x + nu) - f(x). Under autocast smart_regularizer therefore runs its passes (the clean one

@@ -3,7 +3,7 @@
     for step in range(start, stop):
         batches = one batch per task              (batches.Stream: a pure function of step)
         update(batches)                           <- the one place where the presets differ:
-                                                     separate | summed | pcgrad | gse, +SMART in task_loss
+                                                     UPDATES[exp.update] (updates.py), +SMART in task_loss
         every 1/eval_per_epoch epoch: evaluate, keep the best, write a checkpoint
 
 What is not the loop lives elsewhere: building the model and data (run/build.py), predicting
@@ -19,17 +19,18 @@ import time
 
 import torch
 
-from minbert.run import distributed, folder
 from minbert.batches import collate, make_streams, to_device
-from minbert.run.build import build_model, compile_layers, read_data, resolve_device
 from minbert.evaluation import autocast, evaluate
 from minbert.experiments import Experiment
 from minbert.fastpaths import check_fast_paths
 from minbert.optim import MFAC, AdamW
 from minbert.pcgrad import pcgrad_backward
-from minbert.sweep.plots import plot_run
+from minbert.run import distributed, folder
+from minbert.run.build import build_model, compile_for_speed, read_data, start_process
 from minbert.run.progress import Progress, say
 from minbert.smart import MomentumTeacher, bregman_term, smart_regularizer
+from minbert.sweep.plots import plot_run
+from minbert.updates import UPDATES
 
 CheckpointError = folder.CheckpointError  # what a caller catches when a run cannot resume
 
@@ -86,11 +87,30 @@ def lr_factor(exp: Experiment, step: int, total: int) -> float:
 
 
 def steps_per_epoch(exp: Experiment, sizes: dict[str, int], global_batch: int) -> int:
+    """Steps in one epoch: exp.steps_per_epoch when set; -1: one pass over the first task's
+    training set (run_glue); else the paper's, the smallest training set once (times iters_mult)."""
     if exp.steps_per_epoch > 0:
         return exp.steps_per_epoch
-    if exp.steps_per_epoch == -1:  # one pass over the (first) task's training set, as run_glue
-        return math.ceil(sizes[exp.tasks[0]] / global_batch)
-    return int(exp.iters_mult * (min(sizes.values()) // global_batch))  # the paper: the smallest set once
+    if exp.steps_per_epoch == -1:
+        steps = math.ceil(sizes[exp.tasks[0]] / global_batch)
+    else:
+        steps = int(exp.iters_mult * (min(sizes.values()) // global_batch))
+    if steps < 1:
+        raise ValueError(f"experiment {exp.name!r}: 0 steps per epoch: the smallest training set "
+                         f"({min(sizes.values())} examples) holds no global batch of {global_batch} "
+                         f"(times iters_mult {exp.iters_mult}); lower --batch_size")
+    return steps
+
+
+def set_lr(optimizers: list, factor: float):
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * factor
+
+
+def past(deadline: float | None) -> bool:
+    """Whether time.time() is past the deadline; rank 0's clock decides for every rank."""
+    return deadline is not None and distributed.broadcast(time.time() >= deadline)
 
 
 def eval_due(step: int, stop: int, per_epoch: int, steps_per_epoch: int) -> bool:
@@ -109,21 +129,15 @@ class Trainer:
     def __init__(self, exp: Experiment, quiet: bool = False):
         exp.validate()
         self.exp, self.out = exp, exp.out_dir
-        # under torchrun: join the process group; rank 0 alone prints (minbert/run/distributed.py)
-        self.device = distributed.setup(resolve_device(exp.device))
+        self.device = start_process(exp)  # under torchrun: join the process group (run/distributed.py)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
-        self.quiet = quiet or not self.is_main
+        self.quiet = quiet or not self.is_main  # rank 0 alone prints
         folder.check_run_folder(self.out, exp)  # another run's folder: stop before any work
 
-        if self.device.type == "cuda":  # float32 matmuls in full float32, not TF32 (docs/GPU.md, precision)
-            torch.set_float32_matmul_precision("highest")
         self.tokenizer, self.model = build_model(exp, self.device)
         self.model.train()
-        if exp.compile:
-            compile_layers(self.model.bert, fixed_shapes=exp.pad_to_multiple_of > 0)
-        # CUDA graphs (compile_layers' fixed shapes): each update is one iteration of graph replays
-        self.cuda_graphs = exp.compile and exp.pad_to_multiple_of > 0 and self.device.type == "cuda"
+        self.cuda_graphs = compile_for_speed(self.model, exp, self.device)  # --compile
         torch.manual_seed(exp.seed + self.rank)  # dropout, SMART noise: each rank its own
 
         self.train_data = read_data(exp, self.tokenizer, "train")
@@ -134,10 +148,6 @@ class Trainer:
             self.say(note)
         self.steps_per_epoch = steps_per_epoch(exp, {t: len(d) for t, d in self.train_data.items()},
                                                exp.batch_size * self.world)
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"experiment {exp.name!r}: 0 steps per epoch: the smallest training set "
-                             f"({min(len(d) for d in self.train_data.values())} examples) holds no global batch of "
-                             f"{exp.batch_size * self.world} (times iters_mult {exp.iters_mult}); lower --batch_size")
         self.total_steps = math.ceil(exp.epochs * self.steps_per_epoch)
         self.stop_step = min(self.total_steps, exp.max_steps) if exp.max_steps > 0 else self.total_steps
 
@@ -149,10 +159,7 @@ class Trainer:
 
         self.step, self.best, self.history, self.nonfinite_skipped = 0, {"overall": -math.inf}, [], 0
         self.stopped_at_deadline = False
-        # The cost of the work kept over resumed sessions (a checkpoint carries it on): wall time and
-        # peak memory of earlier sessions, time in update() alone, and the commits of the code that ran.
-        self.cost = {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": [folder.git_commit()]}
-        self.session_start = time.time()
+        self.cost = folder.Cost(self.device)  # wall time, update time, peak memory, commits: over all sessions
 
     def say(self, msg: str):
         if not self.quiet:
@@ -190,13 +197,14 @@ class Trainer:
                 loss = loss + exp.bregman_weight * breg
         return loss
 
-    def apply(self, losses: dict[str, torch.Tensor], surgery: bool = False) -> bool:
-        """One optimizer update from these losses; PCGrad combines them when `surgery`."""
+    def optimizer_step(self, losses: dict[str, torch.Tensor], pcgrad: bool = False) -> bool:
+        """One optimizer update from these losses: on their sum, or (pcgrad) on PCGrad's combination
+        of their gradients. False when a non-finite loss or gradient skipped it."""
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        if not distributed.all_ranks(all(torch.isfinite(l).item() for l in losses.values())):
-            return self.nonfinite(f"loss {({t: l.item() for t, l in losses.items()})}")
-        if surgery:
+        if not distributed.all_ranks(all(torch.isfinite(loss).item() for loss in losses.values())):
+            return self.on_nonfinite(f"loss {({t: loss.item() for t, loss in losses.items()})}")
+        if pcgrad:
             g = torch.Generator().manual_seed(self.exp.seed * 7919 + self.step)  # task order, per step
             pcgrad_backward(list(losses.values()), self.shared_params, self.head_params, generator=g,
                             reduction=self.exp.pcgrad_reduction,
@@ -207,14 +215,14 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.exp.max_grad_norm or math.inf)
         if not torch.isfinite(norm):
-            return self.nonfinite("gradient norm")
+            return self.on_nonfinite("gradient norm")
         for opt in self.optimizers:
             opt.step()
         if self.teacher is not None:
             self.teacher.update(self.model, self.exp.bregman_beta)
         return True
 
-    def nonfinite(self, what: str) -> bool:
+    def on_nonfinite(self, what: str) -> bool:
         if self.exp.nonfinite == "stop":
             raise FloatingPointError(
                 f"non-finite {what} at step {self.step + 1}; stopped. The last good checkpoint in {self.out} "
@@ -225,24 +233,13 @@ class Trainer:
         return False
 
     def update(self, step: int) -> dict[str, float]:
-        """Where the presets differ (CS224N paper, section 5.3). Returns the task losses."""
-        tasks, kind = self.exp.tasks, self.exp.update
+        """Where the presets differ (CS224N paper, section 5.3): one batch per task, then the
+        experiment's update kind (updates.py: separate, summed, pcgrad, gse). Returns the task losses."""
         if self.cuda_graphs:  # the outputs of the last update's graph replays may be overwritten now
             torch.compiler.cudagraph_mark_step_begin()
-        batches = {t: self.train_batch(t, step) for t in tasks}
-        if kind == "separate":  # baseline: each task its own update, one after another
-            losses = {}
-            for t in tasks:
-                losses[t] = self.task_loss(t, batches[t])
-                self.apply({t: losses[t]})
-        else:
-            losses = {t: self.task_loss(t, batches[t]) for t in tasks}
-            # summed: one update on L_sst + L_qqp + L_sts; pcgrad: projected task gradients;
-            # gse: the PCGrad update (mean of the projected gradients), then one on the summed loss, recomputed.
-            self.apply(losses, surgery=kind in ("pcgrad", "gse"))
-            if kind == "gse":
-                self.apply({t: self.task_loss(t, batches[t]) for t in tasks})
-        return distributed.average_values({t: l.item() for t, l in losses.items()})
+        batches = {t: self.train_batch(t, step) for t in self.exp.tasks}
+        losses = UPDATES[self.exp.update].step(self, batches)
+        return distributed.average_values({t: loss.item() for t, loss in losses.items()})
 
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.model, self.dev_data, self.exp.eval_batch_size, self.tokenizer.pad_token_id,
@@ -258,32 +255,25 @@ class Trainer:
         if self.is_main:
             folder.start_run_folder(self.out, exp, self.model.bert.config.to_dict())
         resumed = self.resume()
-        record = self.out / "all_results.json"  # a finished run, with or without checkpoints
-        finished = record.exists() and json.loads(record.read_text()).get("global_step", 0) >= stop \
-            and (resumed or not exp.save_checkpoints)
-        if distributed.broadcast(finished):  # the same command again: nothing to do, the record stands
+        done = folder.finished_record(self.out, stop, resumed or not exp.save_checkpoints)
+        if done is not None:  # the same command again: nothing to do, the record stands
             self.say(f"{exp.name}: already finished at step {self.step}; results in {self.out}")
-            return json.loads((self.out / "all_results.json").read_text())
+            return done
         if not resumed and self.is_main:
             (self.out / "log.jsonl").write_text("")
         self.say(f"{exp.name}: {stop - self.step} steps to take (to step {stop} of {self.total_steps}, "
                  f"{self.steps_per_epoch}/epoch), {describe(exp, self.device, self.world)}")
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        start_step, self.session_start = self.step, time.time()
-        deadline = exp.deadline_seconds()
+        start_step, deadline = self.step, exp.deadline_seconds()
+        self.cost.start_session()
         bar = Progress(stop, self.step, exp.name, quiet=self.quiet)
         while self.step < stop:
-            if deadline is not None and distributed.broadcast(time.time() >= deadline):  # rank 0's clock decides
+            if past(deadline):
                 self.stopped_at_deadline = True
                 break
             factor = lr_factor(exp, self.step, self.total_steps)
-            for opt in self.optimizers:
-                for g in opt.param_groups:
-                    g["lr"] = g["initial_lr"] * factor
-            t_update = time.perf_counter()
-            losses = self.update(self.step)
-            self.cost["update_seconds"] += time.perf_counter() - t_update
+            set_lr(self.optimizers, factor)
+            with self.cost.timing_update():
+                losses = self.update(self.step)
             self.step += 1
             bar.update(sum(losses.values()))
             if self.step % exp.logging_steps == 0 or self.step == stop:
@@ -292,11 +282,8 @@ class Trainer:
             if eval_due(self.step, stop, exp.eval_per_epoch, self.steps_per_epoch):
                 self.evaluate_and_save()
         bar.close()
-        if self.stopped_at_deadline:  # where it got to is evaluated and kept; a later --deadline resumes
-            self.say(f"{exp.name}: stopped at the deadline {exp.deadline} at step {self.step} of {self.total_steps} "
-                     f"({self.step / self.steps_per_epoch:.2f} of {exp.epochs:g} epochs)")
-            if distributed.broadcast(not any(e["step"] == self.step and "eval_overall" in e for e in self.history)):
-                self.evaluate_and_save()  # rank 0 alone holds the evaluations: it decides for all
+        if self.stopped_at_deadline:
+            self.keep_what_the_deadline_cut()
         return self.finish(self.step - start_step)
 
     def evaluate_and_save(self):
@@ -312,22 +299,31 @@ class Trainer:
         if self.exp.save_checkpoints:
             self.save()  # on every rank: it gathers their random states
 
+    def keep_what_the_deadline_cut(self):
+        """Stopped at --deadline: the step reached is evaluated and checkpointed (unless it just
+        was); the command with a later deadline resumes from it."""
+        exp = self.exp
+        self.say(f"{exp.name}: stopped at the deadline {exp.deadline} at step {self.step} of {self.total_steps} "
+                 f"({self.step / self.steps_per_epoch:.2f} of {exp.epochs:g} epochs)")
+        if distributed.broadcast(not any(e["step"] == self.step and "eval_overall" in e for e in self.history)):
+            self.evaluate_and_save()  # rank 0 alone holds the evaluations: it decides for all
+
     # ---------------------------------------------------------------- checkpoints and the record
 
-    def progress(self) -> dict:
+    def checkpoint_state(self) -> dict:
         """What a checkpoint keeps besides weights and optimizers (and the record is made of)."""
-        progress = {"step": self.step, "best": self.best, "history": self.history,
-                    "nonfinite_skipped": self.nonfinite_skipped, "stopped_at_deadline": self.stopped_at_deadline,
-                    "cost": {**self.cost, "seconds": self.cost["seconds"] + time.time() - self.session_start,
-                             "peak_memory_mb": max(self.cost["peak_memory_mb"], folder.peak_memory_mb(self.device))}}
+        state = {"step": self.step, "best": self.best, "history": self.history, "cost": self.cost.so_far(),
+                 "nonfinite_skipped": self.nonfinite_skipped, "stopped_at_deadline": self.stopped_at_deadline}
         if self.teacher is not None:
-            progress["teacher"] = self.teacher.module.state_dict()
-        return progress
+            state["teacher"] = self.teacher.module.state_dict()
+        return state
 
     def save(self):
-        folder.save_checkpoint(self.out, self.model, self.optimizers, self.progress(), self.device)
+        folder.save_checkpoint(self.out, self.model, self.optimizers, self.checkpoint_state(), self.device)
 
     def resume(self) -> bool:
+        """The run folder's latest checkpoint, if any, into the model, optimizers, teacher and
+        counters; returns whether there was one."""
         state = folder.restore(self.out, self.model, self.optimizers, self.device, self.teacher)
         if state is None:
             return False
@@ -335,9 +331,7 @@ class Trainer:
             self.say(state["warning"])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.nonfinite_skipped = state["nonfinite_skipped"]
-        if "cost" in state:  # checkpoints written before it was kept lack it
-            commits = state["cost"]["commits"]
-            self.cost = {**state["cost"], "commits": commits + [c for c in self.cost["commits"] if c not in commits]}
+        self.cost.carry_on(state["cost"])
         # log.jsonl may hold lines written after this checkpoint: rewrite it from the history.
         if self.is_main:
             (self.out / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.history))
@@ -346,11 +340,11 @@ class Trainer:
 
     def finish(self, steps: int) -> dict:
         """The run's record (folder.record), its files, and curves.png."""
-        progress = self.progress()
-        results = folder.record(self.exp, progress, steps, self.steps_per_epoch, self.device,
-                                    {t: len(d) for t, d in self.dev_data.items()})
+        state = self.checkpoint_state()
+        results = folder.record(self.exp, state, steps, self.steps_per_epoch, self.device,
+                                {t: len(d) for t, d in self.dev_data.items()})
         if self.is_main:
-            folder.write_results(self.out, results, progress)
+            folder.write_results(self.out, results, state)
             plot_run(self.out)  # curves.png: losses and dev scores against epoch
             self.say(f"best overall {self.best.get('overall', float('nan')):.4f} at step {self.best.get('step')}; "
                      f"results in {self.out}")

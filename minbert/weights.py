@@ -74,7 +74,8 @@ def resolve_model_dir(name_or_path: str | Path, need_weights: bool = True) -> Pa
         raise OSError(
             f"could not fetch {str(name_or_path)!r} from the Hugging Face hub ({type(e).__name__}); "
             f"if this machine is offline, pass a local model folder instead, e.g. "
-            f"--model $MINBERT_SHARED/models/all-MiniLM-L6-v2 (a folder with config.json and model.safetensors)") from None
+            f"--model $MINBERT_SHARED/models/all-MiniLM-L6-v2 (a folder with config.json and model.safetensors)"
+        ) from None
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:

@@ -94,8 +94,10 @@ POSITIVE, NEGATIVE = WORDS[:5], WORDS[5:10]
 
 def make_tiny_model(folder: Path) -> Path:
     import json
+
     import torch
     from safetensors.torch import save_file
+
     from minbert import BertConfig, BertModel
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from minbert.optim import AdamW
 from conftest import SHARED, need
+from minbert.optim import AdamW
 
 
 def test_cs224n_reference():

@@ -34,10 +34,10 @@ import pytest
 import torch
 
 from conftest import CPU_AND_CUDA, tiny_experiment
-from minbert.run.folder import config_differences
 from minbert.evaluation import autocast, uses_bf16
 from minbert.experiments import Experiment
 from minbert.heads import make_head
+from minbert.run.folder import config_differences
 from minbert.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives beside minbert/

@@ -64,7 +64,7 @@ def test_each_exercise_file_is_marked_edit():
 
     text = STRUCTURE.read_text(encoding="utf-8")
     for e in EXERCISES.values():
-        line = next((l for l in text.splitlines() if l.startswith("| `") and f"`{e.id}`" in l.split("|")[-2]), "")
+        line = next((row for row in text.splitlines() if row.startswith("| `") and f"`{e.id}`" in row.split("|")[-2]), "")
         assert "edit" in line, f"docs/STRUCTURE.md must mark {e.file} as edit, naming exercise `{e.id}`"
 
 
@@ -89,3 +89,20 @@ def test_docs_explain_rather_than_narrate(doc):
     for pattern, why in NARRATION:
         hit = re.search(pattern, text)
         assert not hit, f"{doc}: {hit.group(0)!r}: {why}"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", ["README.md"] + [f"docs/{p.name}" for p in sorted(DOCS.glob("*.md"))])
+def test_section_links_reach_a_heading(doc):
+    path = ROOT / doc
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", path.read_text(encoding="utf-8")):
+        linked = (path.parent / target) if target else path
+        if not linked.exists():
+            continue  # test_paths_named_in_the_docs_exist names it
+        anchors = {slug(line.lstrip("#")) for line in linked.read_text(encoding="utf-8").splitlines()
+                   if line.startswith("#")}
+        assert anchor in anchors, f"{doc}: no heading of {target or doc} has the anchor #{anchor}"

@@ -19,8 +19,8 @@ from minbert.heads import make_head
 from minbert.optim import MFAC, AdamW
 from minbert.pcgrad import project_conflicting
 from minbert.pooling import POOLERS
-from minbert.sweep.seeds import expected_max
 from minbert.smart import smart_regularizer
+from minbert.sweep.seeds import expected_max
 
 REFS = load_file(str(FIXTURES / "exercise_refs.safetensors"))
 F32 = dict(atol=1e-5, rtol=1e-4)

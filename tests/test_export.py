@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 
 from minbert import BertModel, BertTokenizer
 from minbert.experiments import preset
-from minbert.run.export import ExportError, export_hf, load_multitask
 from minbert.multitask import MultitaskBert
+from minbert.run.export import ExportError, export_hf, load_multitask
 
 HEADS = {"sst": "linear", "quora": "concat", "sts": "cos-2d1"}
 ATOL = 1e-5

@@ -9,8 +9,8 @@ import torch
 import minbert.model
 import train_multitask
 from conftest import tiny_experiment
-from minbert.trainer import Trainer
 from minbert.optim import adamw
+from minbert.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

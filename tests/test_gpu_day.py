@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED, tiny_experiment
+from minbert.experiments import PRESETS
 from minbert.gpu import day as gpu_day
 from minbert.gpu import merge as gpu_merge
 from minbert.gpu import steps as gpu_steps
-from minbert.experiments import PRESETS
 from minbert.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

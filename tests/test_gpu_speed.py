@@ -4,7 +4,6 @@ them (CUDA graphs on CUDA: mode "reduce-overhead"; the same shapes and mode on t
 NVIDIA MPS for presets side by side. None of them is timed here (docs/BENCHMARKS.md, "Owed")."""
 import os
 import stat
-
 import sys
 from pathlib import Path
 
@@ -12,17 +11,16 @@ import pytest
 import torch
 
 from conftest import CPU_AND_CUDA, tiny_experiment
-from minbert.sweep import side_by_side
 from minbert.batches import collate
 from minbert.experiments import preset
 from minbert.fastpaths import FastPathMismatch, check_fast_paths
 from minbert.optim import AdamW
 from minbert.optim.adamw import check_fused_matches_loop
+from minbert.sweep import side_by_side
 from minbert.trainer import Trainer, build_optimizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ lives beside minbert/
 from benchmarks.bench_precision import one_update, start  # noqa: E402
-
 
 # ---------------------------------------------------------------- torch's fused AdamW
 

@@ -7,10 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 import minbert.model
-from minbert import BertConfig, BertModel
-from minbert import pooling
-from minbert.model import check_sdpa_matches_math
 from conftest import FIXTURES, SHARED, need
+from minbert import BertConfig, BertModel, pooling
+from minbert.model import check_sdpa_matches_math
 
 
 def small_config(**kw):

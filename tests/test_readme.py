@@ -28,7 +28,7 @@ def test_readme_is_short():
 
 @pytest.mark.parametrize("question, answer", [
     ("where is attention, and its scaling by sqrt(d_k)?", ("minbert/model.py", "BertSelfAttention.forward", "sqrt(d_k)")),
-    ("where do the presets differ?", ("minbert/trainer.py", "Trainer.update")),
+    ("where do the presets differ?", ("minbert/updates.py", "Trainer.update")),
     ("what is the quick command?", ("make test", "make train ARGS=")),
     ("how do I add a head?", ("docs/EXTENDING.md",)),
     ("how do I grade a copy?", ("python -m minbert.exercises check", "docs/TEACHING.md")),

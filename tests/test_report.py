@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 import evaluate
-from minbert.sweep import report, sweeps
-from minbert.run.build import encode_split, load_run
-from minbert.evaluation import predict
 from conftest import tiny_experiment
-
+from minbert.evaluation import predict
+from minbert.run.build import encode_split, load_run
+from minbert.sweep import report, sweeps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

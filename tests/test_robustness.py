@@ -21,9 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import minbert.data
 import train_multitask
 from conftest import tiny_experiment
-import minbert.data
 from minbert.data import DataError
 from minbert.trainer import Trainer
 

@@ -9,7 +9,6 @@ import pytest
 from minbert.sweep.seed_grid import SeedGrid, seed_stats, variance_decomposition, write_grid_report
 
 
-
 def grid_of(f, init_seeds, data_seeds) -> SeedGrid:
     return SeedGrid.from_runs({(i, d): f(i, d) for i in init_seeds for d in data_seeds})
 

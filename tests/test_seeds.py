@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from minbert.sweep.seeds import expected_max, expected_max_curve, full_training_baseline, start_many_stop_early, write_report
+from minbert.sweep.seeds import (
+    expected_max,
+    expected_max_curve,
+    full_training_baseline,
+    start_many_stop_early,
+    write_report,
+)
 
 # ---------------------------------------------------------------------------
 # expected_max

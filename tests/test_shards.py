@@ -199,6 +199,7 @@ def test_a_moved_checkouts_sweep_folder_is_recognised_by_its_model(tiny_model, t
     """The sweep folder records what its model is (model_identity.json), as each run folder does:
     with the model moved elsewhere and the old path gone, the sweep still checks as the same one."""
     import shutil
+
     from conftest import tiny_experiment
     from minbert.sweep.sweeps import plan_seeds
     old, new = tmp_path / "old_model", tmp_path / "new_model"

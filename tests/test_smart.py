@@ -5,9 +5,19 @@ import pytest
 import torch
 from torch import nn
 
-from minbert.smart import (DEFAULTS, READINGS, MomentumTeacher, _library_step, _mtdnn_ascent_loss,
-                           _mtdnn_final_loss, _paper_step, bregman_divergence, divergence, smart_regularizer,
-                           symmetric_kl)
+from minbert.smart import (
+    DEFAULTS,
+    READINGS,
+    MomentumTeacher,
+    _library_step,
+    _mtdnn_ascent_loss,
+    _mtdnn_final_loss,
+    _paper_step,
+    bregman_divergence,
+    divergence,
+    smart_regularizer,
+    symmetric_kl,
+)
 
 OUT_DIM = {"classification": 3, "binary": 1, "regression": 1}
 

@@ -8,8 +8,8 @@ import torch
 import minbert.trainer
 import train_multitask
 from conftest import tiny_experiment
-from minbert.sweep import sweeps
 from minbert.experiments import PRESETS, preset
+from minbert.sweep import sweeps
 from minbert.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +45,7 @@ def test_mean_gse_step_is_a_third_of_the_summed_one_for_three_tasks(tiny_model, 
         trainer.model.eval()  # no dropout: the two runs see the same forward
         losses = {t: trainer.task_loss(t, trainer.train_batch(t, 0)) for t in trainer.exp.tasks}
         trainer.optimizers[0].step = lambda: None  # look at the gradients, do not step
-        trainer.apply(losses, surgery=True)
+        trainer.optimizer_step(losses, pcgrad=True)
         grads[reduction] = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
     for s, m in zip(grads["sum"], grads["mean"]):
         torch.testing.assert_close(m, s / 3)

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
+from conftest import FIXTURES
 from minbert import BertConfig, BertModel, BertTokenizer
 from minbert.tokenizer import wordpiece_from_vocab
-from conftest import FIXTURES
 
 CASES = json.loads((FIXTURES / "tokenizer_cases.json").read_text(encoding="utf-8"))
 

@@ -142,7 +142,7 @@ def defined_names(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("line", [l for l in text().splitlines() if l.startswith("**Read:**")])
+@pytest.mark.parametrize("line", [line for line in text().splitlines() if line.startswith("**Read:**")])
 def test_read_lines_point_at_definitions(line):
     current = None
     for item in re.findall(r"`([^`]+)`", line):

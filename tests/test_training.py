@@ -12,10 +12,10 @@ import torch
 import train_multitask
 from conftest import tiny_experiment
 from minbert.batches import Bucketed
+from minbert.evaluation import evaluate
 from minbert.experiments import PRESETS, preset
 from minbert.run import folder
 from minbert.run.build import load_run, read_data
-from minbert.evaluation import evaluate
 from minbert.trainer import Trainer
 
 MULTITASK_KEYS = {"eval_sst_accuracy", "eval_quora_accuracy", "eval_quora_f1", "eval_sts_pearson",

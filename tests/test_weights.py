@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import FIXTURES
 from minbert import BertModel
 from minbert.weights import resolve_model_dir
-from conftest import FIXTURES
 
 TINY = FIXTURES / "tiny12"
 

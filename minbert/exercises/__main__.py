@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from minbert.exercises.grade import check
-from minbert.exercises.regions import MarkerError, make, scan
+from minbert.exercises.regions import MarkerError, make
 from minbert.exercises.registry import EXERCISES, TOUR
 
 

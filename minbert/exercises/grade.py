@@ -17,8 +17,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minbert.exercises.registry import EXERCISES, exercises_of, test_files, with_prerequisites
 from minbert.exercises.regions import ROOT
+from minbert.exercises.registry import EXERCISES, exercises_of, test_files, with_prerequisites
 
 NOT_DONE = re.compile(r"ExerciseNotImplemented: exercise '(\w+)' is not done yet")
 

@@ -45,9 +45,9 @@ from pathlib import Path
 import torch
 
 from minbert.gpu import steps as gpu_steps
-from minbert.run.folder import git_commit
 from minbert.gpu.merge import main as merge
 from minbert.gpu.steps import PY, Day, iso, version
+from minbert.run.folder import git_commit
 from minbert.run.paths import SHARED_ENV, shared_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,13 +149,15 @@ def main(argv=None) -> int:
     day = Day(out=Path(args.out).resolve() / stamp, dry=args.dry_run, end=t0 + 60 * args.budget - 30,
               data_dir=args.data_dir, model=args.model)
     day.out.mkdir(parents=True, exist_ok=True)
-    day.say(f"# GPU day {stamp}{' (dry run)' if day.dry else ''}\n\n`{' '.join(['python -m minbert.gpu.day', *argv])}`\n")
+    command = " ".join(["python -m minbert.gpu.day", *argv])
+    day.say(f"# GPU day {stamp}{' (dry run)' if day.dry else ''}\n\n`{command}`\n")
     day.say(f"- setup: {set_up(day)}")
     env = environment(day)
     (day.out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     day.say(f"- environment: {env['gpu']}, driver {env['nvidia_smi']}, torch {env['torch']}, CUDA {env['cuda']}, "
             f"commit {env['commit']}")
-    day.presets = args.presets.split(",") if args.presets else gpu_steps.table_presets(ROOT / "results" / "cs224n_table.json")
+    day.presets = (args.presets.split(",") if args.presets
+                   else gpu_steps.table_presets(ROOT / "results" / "cs224n_table.json"))
     have_data = (Path(day.data_dir) / "cs224n").exists() if Path(day.data_dir).is_absolute() else \
         (ROOT / day.data_dir / "cs224n").exists()
     skip = set(filter(None, args.skip.split(",")))

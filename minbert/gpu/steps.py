@@ -110,7 +110,9 @@ def last_error(log: Path) -> str:
 def why(log: Path, killed: bool) -> str:
     """A process that wrote no results: its error, or that it was killed at its time limit."""
     said = last_error(log)
-    return f"FAILED: {said}" if said else "killed at its time limit" if killed else f"FAILED, no error line in {log.name}"
+    if said:
+        return f"FAILED: {said}"
+    return "killed at its time limit" if killed else f"FAILED, no error line in {log.name}"
 
 
 def version(package: str) -> str:
@@ -153,7 +155,8 @@ def table(day: Day, until: float) -> str:
     margin = min(120.0, 0.3 * (until - time.time()))  # the last evaluation (13 at once) and the table after it
     jobs = min(len(names), os.cpu_count() or 1) if day.dry else len(names)  # a CPU: one process per core
     cmd = [PY, "train_multitask.py", "--preset", ",".join(names), "--jobs", str(jobs),
-           "--deadline", iso(until - margin), "--output_dir", str(runs), "--out", str(day.out / "table" / "cs224n_table.md")]
+           "--deadline", iso(until - margin), "--output_dir", str(runs),
+           "--out", str(day.out / "table" / "cs224n_table.md")]
     rc, killed = run(cmd + day.flags("table"), day.out / "table" / "side_by_side.log", until, day.env)
     for name in names:
         record = runs / name / "all_results.json"

@@ -189,7 +189,8 @@ def check_foreach_matches_loop(atol: float = 1e-6):
     one of them was edited, and the run would not train with the readable one."""
     result = {False: _three_steps(), True: _three_steps(foreach=True)}
     start, grads = _draws()
-    params, ms, vs = [x.clone() for x in start], [torch.zeros_like(x) for x in start], [torch.zeros_like(x) for x in start]
+    params = [x.clone() for x in start]
+    ms, vs = [torch.zeros_like(x) for x in start], [torch.zeros_like(x) for x in start]
     for t, gs in enumerate(grads, start=1):
         lr, bc1, bc2 = (torch.tensor(v, dtype=torch.float64) for v in (1e-2, 1 - 0.9 ** t, 1 - 0.99 ** t))
         adamw_foreach(params, gs, ms, vs, lr=lr, bc1=bc1, bc2=bc2, beta1=0.9, beta2=0.99, eps=1e-8, wd=0.1)

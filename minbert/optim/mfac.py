@@ -60,13 +60,14 @@ differs by ~3e-2.
 
 State (buffer, Gram matrix, step count, momentum) lives on the optimizer, not per
 parameter; state_dict/load_state_dict carry it under the key "mfac", with momentum_mode:
-a saved momentum is refused by the other mode (checkpoints from before the option count
-as heavy_ball). As in torch.optim, state_dict returns live tensors: save or copy it
+a saved momentum is refused by the other mode. As in torch.optim, state_dict returns live tensors: save or copy it
 before the next step.
 """
 import os
 
 import torch
+
+from minbert.run.compat import MFAC_MOMENTUM_MODE
 
 WEIGHT_DECAY_MODES = ("preconditioned", "decoupled")  # the first is the default (the authors')
 MOMENTUM_MODES = ("average", "heavy_ball")  # the first is the default (the authors')
@@ -268,7 +269,7 @@ class MFAC(torch.optim.Optimizer):
             raise ValueError(f"saved M-FAC buffer is {tuple(saved['grads'].shape)} (m, d) but this "
                              f"optimizer's is {tuple(self.grads.shape)}: use the same params and num_grads")
         # an average and a heavy-ball v differ by a factor 1 - momentum: refuse to mix them
-        saved_mode = saved.get("momentum_mode", "heavy_ball")  # saved before the option: heavy_ball
+        saved_mode = saved.get("momentum_mode", MFAC_MOMENTUM_MODE)  # a state saved without one: run/compat.py
         if saved["momentum_buffer"] is not None and saved_mode != self.momentum_mode:
             raise ValueError(f"saved M-FAC momentum is {saved_mode!r} but this optimizer's momentum_mode "
                              f"is {self.momentum_mode!r}: pass momentum_mode={saved_mode!r} to resume")

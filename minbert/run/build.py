@@ -20,8 +20,10 @@ from torch._functorch import config as functorch_config
 from minbert.batches import Encoded, encode
 from minbert.data import TASKS, read_split
 from minbert.experiments import Experiment
-from minbert.multitask import MultitaskBert
 from minbert.model import BertModel
+from minbert.multitask import MultitaskBert
+from minbert.run import distributed
+from minbert.run.compat import fingerprint_of_unrecorded
 from minbert.tokenizer import BertTokenizer
 from minbert.weights import model_fingerprint
 
@@ -34,6 +36,16 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def start_process(exp: Experiment) -> torch.device:
+    """The device this process trains on. Under torchrun it joins the process group first and
+    takes its rank's GPU (distributed.py). On CUDA, float32 matmuls run in full float32, not
+    TF32, so that float32 means float32 everywhere (docs/GPU.md, precision)."""
+    device = distributed.setup(resolve_device(exp.device))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("highest")
     return device
 
 
@@ -70,6 +82,15 @@ def compile_layers(bert: BertModel, fixed_shapes: bool = False):
             layer.compile(dynamic=True)
 
 
+def compile_for_speed(model: MultitaskBert, exp: Experiment, device: torch.device) -> bool:
+    """--compile: each encoder layer through torch.compile (compile_layers). Returns whether each
+    update replays CUDA graphs (fixed shapes from --pad_to_multiple_of, on CUDA): the trainer
+    then marks where one update's replays begin."""
+    if exp.compile:
+        compile_layers(model.bert, fixed_shapes=exp.pad_to_multiple_of > 0)
+    return exp.compile and exp.pad_to_multiple_of > 0 and device.type == "cuda"
+
+
 def read_data(exp: Experiment, tokenizer: BertTokenizer, split: str, max_examples: int = 0) -> dict[str, Encoded]:
     """{task: the split tokenized}; the first max_examples of each when > 0. Malformed rows
     are skipped or raise as exp.bad_rows says (data.read_file warns once, naming the lines)."""
@@ -101,10 +122,10 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def recorded_fingerprint(run_dir: Path, model_in_config: str) -> str | None:
-    """The fingerprint of the model a run started from: its model_identity.json or, in folders
-    written before that file existed, the model at config.json's path while it is still there."""
+    """The fingerprint of the model a run started from: its model_identity.json (a folder
+    without one: run/compat.py)."""
     path = run_dir / MODEL_RECORD
-    return json.loads(path.read_text())["fingerprint"] if path.exists() else model_fingerprint(model_in_config)
+    return json.loads(path.read_text())["fingerprint"] if path.exists() else fingerprint_of_unrecorded(model_in_config)
 
 
 def run_weights(run_dir: Path, which: str = "best") -> Path:

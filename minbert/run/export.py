@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from minbert.run import build
 from minbert.config import BertConfig
 from minbert.data import TASKS
 from minbert.heads import loss_kind
-from minbert.multitask import MultitaskBert
 from minbert.model import BertModel
+from minbert.multitask import MultitaskBert
+from minbert.run import build
 from minbert.weights import resolve_model_dir
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")  # at least one must be there

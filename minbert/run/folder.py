@@ -1,13 +1,13 @@
 """The run folder: its configuration, checkpoints, best weights and final record.
 
-Functions that take the folder, the model, the optimizers and a plain `progress` dict
-(step, best, history, ...), so the training loop reads without file handling in it.
+Functions that take the folder, the model, the optimizers and a plain `run_state` dict
+(step, best, history, ...: Trainer.checkpoint_state), so the training loop reads without file handling in it.
 
     runs/<name>/config.json         the Experiment, written once when the run starts, never again
     runs/<name>/model_identity.json the model's fingerprint (weights.model_fingerprint), so that a
                                     copy of the model in another folder resumes the run
     runs/<name>/checkpoint-<step>/  model.safetensors + state.pt (optimizers, random states,
-                                    progress); the latest only, written to a temporary folder
+                                    run_state); the latest only, written to a temporary folder
                                     and renamed, so a killed run never leaves half a checkpoint
     runs/<name>/best/               model.safetensors of the best overall dev score
     runs/<name>/eval_results.json, all_results.json, trainer_state.json   run_glue's names
@@ -27,15 +27,17 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from minbert.experiments import RESUMABLE, Experiment
 from minbert.run import distributed
 from minbert.run.build import MODEL_RECORD, checkpoints, recorded_fingerprint
-from minbert.experiments import RESUMABLE, Experiment
+from minbert.run.compat import config_notes, upgrade_checkpoint
 from minbert.weights import model_fingerprint
 
 
@@ -48,7 +50,7 @@ class RunFolderError(ValueError):
 
 
 @contextlib.contextmanager
-def reading(path: Path):
+def as_checkpoint_error(path: Path):
     """Any failure to read or apply `path` becomes one CheckpointError naming it."""
     try:
         yield
@@ -76,17 +78,15 @@ def config_differences(out: Path, exp: Experiment) -> list[str]:
     old, new = (json.loads(json.dumps(d)) for d in (old, exp.to_dict()))  # both as JSON has them: lists, not tuples
     differ = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k not in RESUMABLE and k != "model"
               and old.get(k) != new[k]]
-    if raw.get("smart") and "smart_reading" not in raw:  # a SMART run from before the readings (smart.py)
-        differ.append(f"smart_reading: the old form (Algorithm 1 without its projection, removed) -> "
-                      f"{new['smart_reading']!r}")
+    differ += config_notes(raw, new)
     model = model_difference(out, old["model"], new["model"])
     return differ + ([f"model: {old['model']!r} -> {new['model']!r} ({model})"] if model else [])
 
 
 def model_difference(out: Path, old: str, new: str) -> str:
     """Why `new` is not the run's model; "" when it is, wherever it lies. The run's fingerprint
-    comes from its model_identity.json or, in folders written before it existed, from the old
-    path when that still holds the model; without either, only the same path matches."""
+    comes from its model_identity.json (or, in a folder without one, from the old path when that
+    still holds the model: compat.py); without either, only the same path matches."""
     if old == new and not (out / MODEL_RECORD).exists():
         return ""
     recorded = recorded_fingerprint(out, old)
@@ -139,20 +139,20 @@ def remove_partial(out: Path):
 
 # ---------------------------------------------------------------- checkpoints
 
-def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, progress: dict, device: torch.device):
-    """checkpoint-<step>/: weights, optimizer states, every rank's random state and `progress`;
+def save_checkpoint(out: Path, model: torch.nn.Module, optimizers: list, run_state: dict, device: torch.device):
+    """checkpoint-<step>/: weights, optimizer states, every rank's random state and `run_state`;
     then the older checkpoint is removed. Called on every rank (it gathers their random
     states); rank 0 alone writes."""
     rngs = distributed.gather((torch.get_rng_state(),  # every rank's (cpu, cuda) states, rank 0's first
                                torch.cuda.get_rng_state_all() if device.type == "cuda" else []))
     if not distributed.is_main():
         return
-    step = progress["step"]
+    step = run_state["step"]
     tmp = out / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    state = {**progress, "optimizers": [o.state_dict() for o in optimizers], "rng": rngs[0][0], "cuda_rng": rngs[0][1]}
+    state = {**run_state, "optimizers": [o.state_dict() for o in optimizers], "rng": rngs[0][0], "cuda_rng": rngs[0][1]}
     if len(rngs) > 1:
         state["rank_rngs"] = rngs
     torch.save(state, tmp / "state.pt")
@@ -171,16 +171,17 @@ def restore(out: Path, model: torch.nn.Module, optimizers: list, device: torch.d
     ckpt = distributed.broadcast(ckpts[-1] if ckpts else None)
     if ckpt is None:
         return None
-    with reading(ckpt / "model.safetensors"):
+    with as_checkpoint_error(ckpt / "model.safetensors"):
         model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
-    with reading(ckpt / "state.pt"):
-        state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
+    with as_checkpoint_error(ckpt / "state.pt"):
+        state = upgrade_checkpoint(torch.load(ckpt / "state.pt", map_location=device, weights_only=True))
         for opt, s in zip(optimizers, state.pop("optimizers"), strict=True):
             opt.load_state_dict(s)
     rngs = state.get("rank_rngs") or [(state["rng"], state["cuda_rng"])]
     world = distributed.world_size()
-    state["warning"] = (f"{ckpt} was written by {len(rngs)} process(es), this run has {world}: batches and "
-                        f"dropout will not continue exactly as the interrupted run would have") if len(rngs) != world else ""
+    state["warning"] = "" if len(rngs) == world else (
+        f"{ckpt} was written by {len(rngs)} process(es), this run has {world}: batches and "
+        f"dropout will not continue exactly as the interrupted run would have")
     rng, cuda_rng = rngs[distributed.rank() % len(rngs)]
     torch.set_rng_state(rng.cpu())
     if cuda_rng:
@@ -189,6 +190,15 @@ def restore(out: Path, model: torch.nn.Module, optimizers: list, device: torch.d
         teacher.module.load_state_dict(state["teacher"])
     state["checkpoint"] = ckpt
     return state
+
+
+def finished_record(out: Path, stop: int, resumable: bool) -> dict | None:
+    """The record (all_results.json) of a run in `out` that already reached step `stop`, or None.
+    resumable: its checkpoint was resumed, or it keeps none; else the record is of another run.
+    Rank 0's answer holds for every rank."""
+    path = out / "all_results.json"
+    finished = resumable and path.exists() and json.loads(path.read_text()).get("global_step", 0) >= stop
+    return json.loads(path.read_text()) if distributed.broadcast(finished) else None
 
 
 def save_best(out: Path, model: torch.nn.Module):
@@ -214,6 +224,37 @@ def git_commit() -> str:
         return "unknown"
 
 
+class Cost:
+    """What a run's work cost, summed over its sessions (a checkpoint carries it on): wall time,
+    time in Trainer.update alone, peak memory, and the commits of the code that ran."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.session_start = device, time.time()
+        self.totals = {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": [git_commit()]}
+
+    def start_session(self):
+        """One Trainer.train starts: its wall time and peak memory count from here."""
+        self.session_start = time.time()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    @contextlib.contextmanager
+    def timing_update(self):
+        start = time.perf_counter()
+        yield
+        self.totals["update_seconds"] += time.perf_counter() - start
+
+    def carry_on(self, saved: dict):
+        """The earlier sessions' totals, from a checkpoint; this session's commit joins theirs."""
+        commits = saved["commits"]
+        self.totals = {**saved, "commits": commits + [c for c in self.totals["commits"] if c not in commits]}
+
+    def so_far(self) -> dict:
+        """The totals, this session's time and memory up to now included."""
+        return {**self.totals, "seconds": self.totals["seconds"] + time.time() - self.session_start,
+                "peak_memory_mb": max(self.totals["peak_memory_mb"], peak_memory_mb(self.device))}
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -226,12 +267,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores, torch {torch.__version__})"
 
 
-def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, device: torch.device,
+def record(exp: Experiment, run_state: dict, steps: int, steps_per_epoch: int, device: torch.device,
            dev_sizes: dict[str, int]) -> dict:
     """A run's all_results.json: the eval_* keys of its best (or, results_from="final", its last)
     evaluation; train_runtime, update_ms, samples/s and peak memory cover all the work kept,
     over resumed sessions too; train_steps counts this session's steps."""
-    best, history, cost, spe = progress["best"], progress["history"], progress["cost"], steps_per_epoch
+    best, history, cost, spe = run_state["best"], run_state["history"], run_state["cost"], steps_per_epoch
     best_evals = {f"eval_{k}": v for k, v in best.items() if k != "step"}
     results = {**best_evals, "epoch": best.get("step", 0) / spe}
     if exp.results_from == "final":  # run_glue's --do_eval scores the final model
@@ -240,7 +281,7 @@ def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, de
                    **{f"best_{k}": v for k, v in best_evals.items()}, "best_epoch": results["epoch"]}
     if exp.max_eval_examples > 0:  # say so wherever these scores go
         results["dev_subset"] = dev_sizes
-    world, step, seconds = distributed.world_size(), progress["step"], cost["seconds"]
+    world, step, seconds = distributed.world_size(), run_state["step"], cost["seconds"]
     losses = [e["loss"] for e in history if "loss" in e]
     return {**results,
             "train_runtime": seconds, "train_steps": steps, "global_step": step,
@@ -248,20 +289,20 @@ def record(exp: Experiment, progress: dict, steps: int, steps_per_epoch: int, de
             "train_samples_per_second": step * exp.batch_size * world * len(exp.tasks) / seconds if seconds else 0.0,
             "train_loss": sum(losses) / len(losses) if losses else float("nan"),
             "peak_memory_mb": cost["peak_memory_mb"], "device": device_name(device), "world_size": world,
-            "nonfinite_skipped": progress["nonfinite_skipped"], "steps_per_epoch": spe,
-            "stopped_at_deadline": progress.get("stopped_at_deadline", False),
+            "nonfinite_skipped": run_state["nonfinite_skipped"], "steps_per_epoch": spe,
+            "stopped_at_deadline": run_state.get("stopped_at_deadline", False),
             "epochs": exp.epochs, "model": exp.model, "preset": exp.name, "fast": exp.fast,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
             "commit": ",".join(cost["commits"])}
 
 
-def write_results(out: Path, results: dict, progress: dict):
+def write_results(out: Path, results: dict, run_state: dict):
     """eval_results.json (the eval_* keys), all_results.json (everything), trainer_state.json."""
     evals = {k: v for k, v in results.items() if k.startswith(("eval_", "best_eval_")) or k == "epoch"}
     (out / "eval_results.json").write_text(json.dumps(evals, indent=2) + "\n")
     (out / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    best = progress["best"]
+    best = run_state["best"]
     (out / "trainer_state.json").write_text(json.dumps({
-        "global_step": progress["step"], "best_metric": best.get("overall"),
+        "global_step": run_state["step"], "best_metric": best.get("overall"),
         "best_model_checkpoint": str(out / "best"), "best_step": best.get("step"),
-        "log_history": progress["history"]}, indent=2) + "\n")
+        "log_history": run_state["history"]}, indent=2) + "\n")

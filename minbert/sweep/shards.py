@@ -29,8 +29,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from minbert.run.folder import config_differences, record_model
 from minbert.experiments import Experiment
+from minbert.run.folder import config_differences, record_model
 
 CLAIM = "claim"
 CLAIM_TIMEOUT = 300.0  # seconds without a heartbeat after which a claim is stale

@@ -29,7 +29,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
 from typing import Callable
 
 import torch
@@ -169,5 +168,6 @@ def run_shards(argv: list[str], jobs: int, out: Path, runs: list[PlannedRun]) ->
                 for k in range(jobs)}
     logs = {name: out / f"shard-{k}.log" for k, name in enumerate(commands)}
     failed, _ = run_processes(commands, logs, jobs, "shard",
-                              lambda running: f"{sum(status(r) == 'finished' for r in runs)} of {len(runs)} runs finished")
+                              lambda running: f"{sum(status(r) == 'finished' for r in runs)} of {len(runs)} "
+                                              f"runs finished")
     return failed

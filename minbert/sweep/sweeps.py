@@ -25,11 +25,19 @@ from pathlib import Path
 from typing import Callable
 
 from minbert.experiments import Experiment
+from minbert.run.compat import seconds_per_update
 from minbert.sweep.report import summarize
 from minbert.sweep.seed_grid import SeedGrid, write_grid_report
 from minbert.sweep.seeds import check_search, start_many_stop_early, write_report
-from minbert.sweep.shards import (CLAIM_TIMEOUT, PlannedRun, check_sweep_folder, require_finished, sweep_command,
-                            total_steps, train_shard)
+from minbert.sweep.shards import (
+    CLAIM_TIMEOUT,
+    PlannedRun,
+    check_sweep_folder,
+    require_finished,
+    sweep_command,
+    total_steps,
+    train_shard,
+)
 from minbert.trainer import Trainer
 
 SWEEP_EVALS_PER_EPOCH = 10  # Dodge et al. 2020 evaluate ten times an epoch
@@ -109,9 +117,7 @@ def write_seeds(exp: Experiment, results: list[dict], out_dir: Path):
     seeds = [r["seed"] for r in results]
     summary = summarize(results)
     timing = {k: statistics.mean(r[k] for r in results) for k in ("train_runtime", "peak_memory_mb")}
-    # Time of one update without evaluation (older runs lack update_ms: then wall time per step).
-    step_time = statistics.mean(r["update_ms"] / 1000 if "update_ms" in r else r["train_runtime"] / max(1, r["train_steps"])
-                                for r in results)
+    step_time = statistics.mean(seconds_per_update(r) for r in results)  # one update without evaluation
     lines = [f"# {exp.name}: {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
              "| metric | mean ± std |", "|---|---|"]
     lines += [f"| {k} | {100 * m:.2f} ± {100 * s:.2f} |" for k, (m, s) in summary.items()]
