@@ -11,6 +11,7 @@ import pytest
 
 from conftest import MINILM, need
 from doc_text import ROOT, SCRIPTS, bash_commands, check_train_args, missing_paths
+from minbert.exercises.regions import MANIFEST
 
 README = ROOT / "README.md"
 MAX_LINES = 200
@@ -49,6 +50,8 @@ def core_files() -> list[tuple[str, int]]:
 def test_core_file_line_counts_are_the_files():
     """Counted with wc -l when written; a file may grow or shrink by a tenth before the README
     must be updated."""
+    if (ROOT / MANIFEST).exists():
+        pytest.skip("a student copy: its stubs make the exercise files shorter than the README counts")
     rows = core_files()
     assert len(rows) >= 8, rows
     for path, stated in rows:
