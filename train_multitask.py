@@ -103,7 +103,7 @@ HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "fast": "fused SDPA attention and multi-tensor AdamW instead of the readable code, each checked against "
             "it at start-up (minbert/fastpaths.py)",
-    "bf16": "bf16 autocast (minbert/evaluation.py, autocast); README 'Precision on CUDA' says which presets use it",
+    "bf16": "bf16 autocast (minbert/evaluation.py, autocast); docs/GPU.md says which presets use it",
     "compile": "torch.compile each encoder layer and AdamW's update",
     "bad_rows": "malformed data rows", "nonfinite": "a NaN or inf loss or gradient",
     "seed": "the seed of everything not set apart", "init_seed": "the new heads' initial weights; -1: --seed",

@@ -136,7 +136,7 @@ class CosD(TaskHead):
     def forward(self, vectors):
         # vectors: [u, v], each (B, H) -> (B,) in (0, 5)
         # In float32 under bf16 autocast too: the 20x scale amplifies bf16's rounding of W u
-        # (one update's gradient 5.1% off float32's in bf16, 2.2% so; README, "Precision on CUDA").
+        # (one update's gradient 5.1% off float32's in bf16, 2.2% so; docs/GPU.md, precision).
         # BEGIN EXERCISE cosine_heads
         with torch.autocast(vectors[0].device.type, enabled=False):
             u, v = self.proj(vectors[0].float()), self.proj(vectors[1].float())

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from conftest import FIXTURES
 from minbert.exercises import EXERCISES
 from minbert.exercises.regions import IMPORT, MANIFEST, MarkerError, find_regions, make, scan, source_files, stub
-from minbert.exercises.registry import STUDENTS, name_pattern
+from minbert.exercises.registry import TOUR, name_pattern
 
 ROOT = Path(__file__).resolve().parents[1]
 if (ROOT / MANIFEST).exists():
@@ -60,10 +60,10 @@ def test_marker_faults_fail_naming_file_and_line(text, fault):
 
 
 def test_registry_names_real_sections_tests_and_prerequisites(request):
-    headings = [line[3:] for line in (ROOT / STUDENTS).read_text().splitlines() if line.startswith("## ")]
+    headings = [line[3:] for line in (ROOT / TOUR).read_text().splitlines() if line.startswith("## ")]
     markers = " ".join(request.config.getini("markers"))
     for e in EXERCISES.values():
-        assert any(h.startswith(e.section) for h in headings), f"{e.id}: {STUDENTS} has no section {e.section!r}"
+        assert any(h.startswith(e.section) for h in headings), f"{e.id}: {TOUR} has no section {e.section!r}"
         assert set(e.builds_on) <= set(EXERCISES) - {e.id}, f"{e.id}: builds on unknown {e.builds_on}"
         assert e.paper and e.equation and e.tests, f"{e.id}: paper, equation and tests are all needed"
         assert f"{e.id}: " in markers, f"marker {e.id!r} is not registered (tests/conftest.py)"

@@ -100,7 +100,7 @@ def dry_day(tmp_path_factory, tiny_model, tiny_data):
     """The dry run, lean enough for the suite: every step, on the tiny model and data of conftest.py,
     with 2 presets side by side (SMART, PCGrad and a cosine head between them). The benchmarks
     measure the real model's shapes. `python -m minbert.gpu.day --dry_run` runs all 13 presets
-    on the real data and model (README, "On a GPU": its time)."""
+    on the real data and model (docs/GPU.md: its time)."""
     if not MINILM.exists():
         pytest.skip("all-MiniLM-L6-v2 is not installed (make setup) and MINBERT_MODEL is not set: the benchmarks build it")
     out = tmp_path_factory.mktemp("gpu_day")

@@ -8,7 +8,7 @@ grader that runs each exercise's tests (docs/TEACHING.md).
 This package imports nothing of minbert's: a student's stubbed module imports
 ExerciseNotImplemented from here while the package is still loading.
 """
-from minbert.exercises.registry import EXERCISES, STUDENTS, Exercise, exercises_of
+from minbert.exercises.registry import EXERCISES, TOUR, Exercise, exercises_of
 
 __all__ = ["EXERCISES", "Exercise", "ExerciseNotImplemented", "exercises_of"]
 
@@ -21,4 +21,4 @@ class ExerciseNotImplemented(NotImplementedError):
         e = EXERCISES[exercise]
         super().__init__(
             f"exercise {exercise!r} is not done yet: write {e.where} ({e.paper}: {e.equation}); "
-            f"read {STUDENTS}, section {e.section}; check it with `python -m minbert.exercises check {exercise}`")
+            f"read {TOUR}, section {e.section}; check it with `python -m minbert.exercises check {exercise}`")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from minbert.exercises.grade import check
 from minbert.exercises.regions import MarkerError, make
-from minbert.exercises.registry import EXERCISES, STUDENTS
+from minbert.exercises.registry import EXERCISES, TOUR
 
 
 def main(argv=None) -> int:
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "list":
             for e in EXERCISES.values():
-                print(f"{e.id:13s} {e.where}; {STUDENTS} section {e.section}; {e.paper}"
+                print(f"{e.id:13s} {e.where}; {TOUR} section {e.section}; {e.paper}"
                       + ("; builds on " + ", ".join(e.builds_on) if e.builds_on else "")
                       + ("; advanced" if e.advanced else ""))
             return 0

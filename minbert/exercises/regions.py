@@ -8,7 +8,7 @@ A region is the solution code between two comment lines at the same indent,
 
 inside one of the functions the registry names for <id>. In the student copy each region
 becomes a stub at that indent, one comment naming the exercise, its equation and its section
-of docs/STUDENTS.md, and `raise ExerciseNotImplemented("<id>")`; the signature, docstring and
+of docs/TOUR.md, and `raise ExerciseNotImplemented("<id>")`; the signature, docstring and
 shape comments around it stay. Files under tests/ are not scanned (they hold examples).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from minbert.exercises.registry import EXERCISES, STUDENTS
+from minbert.exercises.registry import EXERCISES, TOUR
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (or copy) this package lies in
 MARKER = re.compile(r"^(?P<indent>[ \t]*)# (?P<kind>BEGIN|END) EXERCISE (?P<id>\S+)[ \t]*$")
@@ -151,7 +151,7 @@ def scan(root: Path = ROOT) -> dict[str, list[Region]]:
 
 def stub(region: Region) -> list[str]:
     e = EXERCISES[region.id]
-    return [f"{region.indent}# EXERCISE {region.id}: write this part ({STUDENTS}, section {e.section})\n",
+    return [f"{region.indent}# EXERCISE {region.id}: write this part ({TOUR}, section {e.section})\n",
             f"{region.indent}# {e.paper}: {e.equation}\n",
             f"{region.indent}raise ExerciseNotImplemented({region.id!r})\n"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-STUDENTS = "docs/STUDENTS.md"
+TOUR = "docs/TOUR.md"  # the students' tour; each exercise names its section
 REFS = "tests/test_exercise_refs.py"  # the stored-reference tests, one group per exercise
 
 
@@ -20,7 +20,7 @@ class Exercise:
     id: str
     file: str  # relative to the repository root
     functions: tuple[str, ...]  # qualified names; every region of this id lies in one of them
-    section: str  # its section of docs/STUDENTS.md, "3. The encoder"
+    section: str  # its section of docs/TOUR.md, "3. The encoder"
     paper: str
     equation: str
     builds_on: tuple[str, ...] = ()

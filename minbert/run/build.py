@@ -43,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
 def start_process(exp: Experiment) -> torch.device:
     """The device this process trains on. Under torchrun it joins the process group first and
     takes its rank's GPU (distributed.py). On CUDA, float32 matmuls run in full float32, not
-    TF32, so that float32 means float32 everywhere (README, "Precision on CUDA")."""
+    TF32, so that float32 means float32 everywhere (docs/GPU.md, precision)."""
     device = distributed.setup(resolve_device(exp.device))
     if device.type == "cuda":
         torch.set_float32_matmul_precision("highest")

@@ -1,20 +1,17 @@
-"""docs/STUDENTS.md cannot rot: every command in it names scripts, flags, test files and tests
+"""docs/TOUR.md cannot rot: every command in it names scripts, flags, test files and tests
 that exist, its Python snippets import names that exist, every code line an exercise tells
 you to change is in the file it names, and every function its "Read:" lines point at is
 defined there. Nothing here trains or loads weights."""
 import ast
 import re
-import shlex
 from pathlib import Path
 
 import pytest
 
-import train_multitask
+from doc_text import ROOT, SCRIPTS, bash_commands, check_train_args, missing_paths
 from minbert.exercises.regions import MANIFEST
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "STUDENTS.md"
-SCRIPTS = ("train_multitask.py", "evaluate.py", "show_attention.py")
+DOC = ROOT / "docs" / "TOUR.md"
 OTHER_COMMANDS = ("git", "pip", "make", ".", "nvidia-smi")  # shown in prose or run by the student's shell
 
 
@@ -27,23 +24,7 @@ def blocks(lang: str) -> list[str]:
 
 
 def commands() -> list[list[str]]:
-    """Each command of the bash blocks as argv; a command may span lines inside quotes."""
-    out = []
-    for block in blocks("bash"):
-        pending = ""
-        for line in block.splitlines():
-            pending = f"{pending}\n{line}" if pending else line
-            try:
-                argv = shlex.split(pending, comments=True)
-            except ValueError:  # an open quote: the command goes on
-                continue
-            pending = ""
-            if argv[:1] == ["/usr/bin/time"]:  # /usr/bin/time -f FORMAT command ...
-                argv = argv[3:]
-            if argv:
-                out.append(argv)
-        assert not pending, f"unclosed quote in a bash block of {DOC.name}: {pending[:80]!r}"
-    return out
+    return bash_commands(text(), DOC.name)
 
 
 def python_commands(kind: str) -> list[list[str]]:
@@ -70,9 +51,7 @@ def test_every_command_is_a_kind_this_test_checks():
 
 
 def test_paths_named_in_the_doc_exist():
-    paths = set(re.findall(r"\b((?:minbert|tests|docs|results|benchmarks)/[\w/.-]*\w)", text()))
-    paths |= {s for s in SCRIPTS if s in text()}
-    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    missing = missing_paths(DOC)
     assert not missing, f"{DOC.name} names files that do not exist: {missing}"
 
 
@@ -102,21 +81,11 @@ def test_names_of_tests_for_k_and_node_ids(tmp_path):
 
 def test_train_multitask_commands_parse_and_resolve(capsys):
     """Each command's flags and values, checked as the script checks them, with --print_config
-    so that nothing trains (--table only parses: it would write the table)."""
+    so that nothing trains."""
     for args in python_commands("train_multitask.py"):
-        if "--table" in args:
-            train_multitask.build_parser().parse_args(args)
-            continue
-        try:
-            train_multitask.main(args + ["--print_config"])
-        except SystemExit:  # argparse: an unknown flag or a value it refuses
-            pytest.fail(f"python train_multitask.py {' '.join(args)}: {capsys.readouterr().err.strip()}")
-        err = capsys.readouterr().err
         # the one command whose error is the lesson: a bad value of --pooling
-        if "--pooling" in args and args[args.index("--pooling") + 1] not in ("cls", "mean", "max", "pooler"):
-            assert "unknown pooling" in err
-        else:
-            assert not err, f"python train_multitask.py {' '.join(args)}: {err}"
+        lesson = "--pooling" in args and args[args.index("--pooling") + 1] not in ("cls", "mean", "max", "pooler")
+        check_train_args(args, capsys, "unknown pooling" if lesson else "")
 
 
 def test_other_script_flags_exist():
