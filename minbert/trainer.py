@@ -273,7 +273,7 @@ class Trainer:
         self.say(f"{exp.name}: {stop - self.step} steps to take (to step {stop} of {self.total_steps}, "
                  f"{self.steps_per_epoch}/epoch), {describe(exp, self.device, self.world)}")
         start_step, deadline = self.step, exp.deadline_seconds()
-        self.cost.start_session()
+        self.cost.start_stint()
         bar = Progress(stop, self.step, exp.name, quiet=self.quiet)
         while self.step < stop:
             if STOP.is_set():

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("train_multitask.py", "evaluate.py", "show_attention.py")
 # Docs that others link to and that this checkout may not hold yet; each is checked once it is here.
-LINKED_AHEAD = {"docs/SETUP.md", "docs/GPU.md", "docs/CLUSTER.md", "docs/EXTENDING.md"}
+LINKED_AHEAD: set[str] = set()  # docs linked before they are written (none now)
 
 
 def blocks(text: str, lang: str) -> list[str]:

@@ -43,7 +43,7 @@ def config_notes(raw: dict, new: dict) -> list[str]:
 
 def upgrade_checkpoint(state: dict) -> dict:
     """A checkpoint's state.pt -> this version's keys: one written before the run's cost was kept
-    carries none, so its sessions count as no time, no memory and no commits."""
+    carries none, so its earlier stints count as no time, no memory and no commits."""
     state.setdefault("cost", {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": []})
     return state
 

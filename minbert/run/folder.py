@@ -276,16 +276,17 @@ def git_commit() -> str:
 
 
 class Cost:
-    """What a run's work cost, summed over its sessions (a checkpoint carries it on): wall time,
-    time in Trainer.update alone, peak memory, and the commits of the code that ran."""
+    """What a run's work cost, summed over its stints (each Trainer.train of it; a checkpoint
+    carries the totals on): wall time, time in Trainer.update alone, peak memory, and the
+    commits of the code that ran."""
 
     def __init__(self, device: torch.device):
-        self.device, self.session_start = device, time.time()
+        self.device, self.stint_start = device, time.time()
         self.totals = {"seconds": 0.0, "update_seconds": 0.0, "peak_memory_mb": 0.0, "commits": [git_commit()]}
 
-    def start_session(self):
+    def start_stint(self):
         """One Trainer.train starts: its wall time and peak memory count from here."""
-        self.session_start = time.time()
+        self.stint_start = time.time()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
@@ -296,13 +297,13 @@ class Cost:
         self.totals["update_seconds"] += time.perf_counter() - start
 
     def carry_on(self, saved: dict):
-        """The earlier sessions' totals, from a checkpoint; this session's commit joins theirs."""
+        """The earlier stints' totals, from a checkpoint; this stint's commit joins theirs."""
         commits = saved["commits"]
         self.totals = {**saved, "commits": commits + [c for c in self.totals["commits"] if c not in commits]}
 
     def so_far(self) -> dict:
-        """The totals, this session's time and memory up to now included."""
-        return {**self.totals, "seconds": self.totals["seconds"] + time.time() - self.session_start,
+        """The totals, this stint's time and memory up to now included."""
+        return {**self.totals, "seconds": self.totals["seconds"] + time.time() - self.stint_start,
                 "peak_memory_mb": max(self.totals["peak_memory_mb"], peak_memory_mb(self.device))}
 
 

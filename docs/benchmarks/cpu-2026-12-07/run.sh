@@ -7,19 +7,19 @@
 # come from alternating rounds in one run, so they hold under load; absolute times do not.
 # To repeat:  bash docs/benchmarks/cpu-2026-12-07/run.sh OUT_DIR
 set -u
-OUT=${1:?usage: run.sh OUT_DIR}
-mkdir -p "$OUT"
+DEST=${1:?usage: run.sh OUT_DIR}
+mkdir -p "$DEST"
 P=${PYTHON:-python}
-run() { local name=$1; shift; echo "== $name: $* ($(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/load.txt"
-        "$P" "$@" > "$OUT/$name.txt" 2>&1; echo "rc=$?" | tee -a "$OUT/load.txt"; }
-run optim benchmarks/bench_optim.py --device cpu --threads 1 --configs minilm,bert-base --warmup 2 --steps 4 --rounds 4 --json "$OUT/optim.json"
-run train_step benchmarks/bench_train_step.py --device cpu --threads 1 --presets gse --mfac 32 --warmup 1 --steps 3 --rounds 3 --json "$OUT/train_step.json"
-run train_step_vs_fast benchmarks/bench_train_step.py --device cpu --threads 1 --presets baseline --mfac none --vs_fast --warmup 1 --steps 3 --json "$OUT/train_step_vs_fast.json"
-echo "== short_run ($(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/load.txt"
+run() { local name=$1; shift; echo "== $name: $* ($(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$DEST/load.txt"
+        "$P" "$@" > "$DEST/$name.txt" 2>&1; echo "rc=$?" | tee -a "$DEST/load.txt"; }
+run optim benchmarks/bench_optim.py --device cpu --threads 1 --configs minilm,bert-base --warmup 2 --steps 4 --rounds 4 --json "$DEST/optim.json"
+run train_step benchmarks/bench_train_step.py --device cpu --threads 1 --presets gse --mfac 32 --warmup 1 --steps 3 --rounds 3 --json "$DEST/train_step.json"
+run train_step_vs_fast benchmarks/bench_train_step.py --device cpu --threads 1 --presets baseline --mfac none --vs_fast --warmup 1 --steps 3 --json "$DEST/train_step_vs_fast.json"
+echo "== short_run ($(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$DEST/load.txt"
 /usr/bin/time -f "%e s wall" "$P" train_multitask.py --preset gse --max_steps 20 --max_eval_examples 200 \
-    --output_dir "$OUT/short_run" > "$OUT/short_run.txt" 2>&1; echo "rc=$?" | tee -a "$OUT/load.txt"
-cp "$OUT/short_run/all_results.json" "$OUT/short_run_all_results.json" 2>/dev/null
-rm -rf "$OUT/short_run"   # its checkpoint and weights are not committed
+    --output_dir "$DEST/short_run" > "$DEST/short_run.txt" 2>&1; echo "rc=$?" | tee -a "$DEST/load.txt"
+cp "$DEST/short_run/all_results.json" "$DEST/short_run_all_results.json" 2>/dev/null
+rm -rf "$DEST/short_run"   # its checkpoint and weights are not committed
 # needs transformers (requirements-dev.txt): it runs last, as it did here
-run enc_minilm benchmarks/bench_encoder.py --device cpu --threads 1 --configs minilm --batch 8 --seq_len 128 --warmup 1 --steps 4 --rounds 4 --json "$OUT/enc_minilm.json"
-echo "== done ($(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/load.txt"
+run enc_minilm benchmarks/bench_encoder.py --device cpu --threads 1 --configs minilm --batch 8 --seq_len 128 --warmup 1 --steps 4 --rounds 4 --json "$DEST/enc_minilm.json"
+echo "== done ($(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$DEST/load.txt"
