@@ -100,6 +100,10 @@ def test_seeds_summary_and_optimizer_comparison(tiny_model, tiny_data, tmp_path)
             r = json.loads((tmp_path / optim / f"seed-{seed}" / "eval_results.json").read_text())
             assert f"| {optim} | {seed} | {100 * r['eval_f1']:.2f} |" in text  # the per-seed table
     assert "M-FAC - Adam, eval_f1:" in text and "standard error" in text
+    report.compare_optimizers("mrpc", dirs, tmp_path / "loaded.md", note="other work shared the machine",
+                              timed_alike=False)
+    loaded = (tmp_path / "loaded.md").read_text()
+    assert "not taken from these runs" in loaded and "x (same machine, same runs" not in loaded
 
 
 def test_difference_line_tells_a_gap_from_seed_noise():
