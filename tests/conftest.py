@@ -197,3 +197,12 @@ def tiny_experiment(preset_name: str, tiny_model, tiny_data, out, **kw):
                   max_steps=4, batch_size=4, eval_batch_size=8, lr=1e-3, eval_per_epoch=1)
     fields.update(kw)
     return preset(preset_name, **fields)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure plots.py saves, kept after saving so a test can read what was drawn."""
+    import minbert.sweep.plots
+    figures, save = [], minbert.sweep.plots._save
+    monkeypatch.setattr(minbert.sweep.plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    return figures

@@ -34,15 +34,6 @@ def test_loss_of_each_task_every_logging_steps(run):
     assert all({"loss_sst", "loss_quora", "loss_sts"} <= e.keys() for e in losses)
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """Every figure plots.py saves, kept after saving so a test can read what was drawn."""
-    import minbert.sweep.plots
-    figures, save = [], minbert.sweep.plots._save
-    monkeypatch.setattr(minbert.sweep.plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
-    return figures
-
-
 def drawn_lines(ax) -> dict:
     return {line.get_label(): list(line.get_ydata()) for line in ax.get_lines() if not line.get_label().startswith("_")}
 

@@ -48,15 +48,6 @@ def assert_png(path, min_kb=15):
     assert len(data) > min_kb * 1024, f"{path} is only {len(data)} bytes"
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """Every figure plots.py saves, kept after saving so a test can read what was drawn."""
-    import minbert.sweep.plots
-    figures, save = [], minbert.sweep.plots._save
-    monkeypatch.setattr(minbert.sweep.plots, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
-    return figures
-
-
 def lines(ax) -> dict:
     """label -> (x, y) of each labelled line of an axes."""
     return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()
