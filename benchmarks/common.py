@@ -25,20 +25,12 @@ from pathlib import Path
 
 import torch
 
-from minbert.run.paths import default_model_dir, portable_command, shared_data
+from minbert.run.paths import default_model_if_installed, portable_command, shared_data
 
 DATA = str(shared_data() or "data")  # $MINBERT_DATA, else ../shared/data where it exists, else data/ (make data)
 
 
-def _minilm() -> Path:
-    """all-MiniLM-L6-v2's folder (minbert/run/paths.py); a path that does not exist where it is not installed."""
-    try:
-        return default_model_dir()
-    except FileNotFoundError:
-        return Path("all-MiniLM-L6-v2 (not installed)")
-
-
-MINILM = _minilm()
+MINILM = default_model_if_installed()
 
 # Dense peak TFLOP/s from NVIDIA's data sheets (no 2:4 sparsity): (bf16 tensor core, fp32).
 # fp32 is the non-tensor-core figure: the scripts keep torch's default float32 matmul

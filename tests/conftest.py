@@ -9,7 +9,7 @@ import pytest
 
 from minbert.exercises import ExerciseNotImplemented
 from minbert.exercises.registry import EXERCISES, exercises_of
-from minbert.run.paths import DATA_ENV, MODEL_ENV, default_model_dir, shared_data
+from minbert.run.paths import DATA_ENV, MODEL_ENV, default_model_if_installed, shared_data
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
@@ -17,14 +17,7 @@ SHARED = REPO.parent / "shared"  # the CS224N starter's reference outputs, where
 DATA = shared_data() or SHARED / "data"
 
 
-def _default_model() -> Path:
-    try:
-        return default_model_dir()
-    except FileNotFoundError:
-        return Path("all-MiniLM-L6-v2 (not installed)")
-
-
-MINILM = _default_model()
+MINILM = default_model_if_installed()
 
 
 def fixture_script(name: str):

@@ -64,6 +64,15 @@ def default_model_dir() -> Path:
     return folder
 
 
+def default_model_if_installed() -> Path:
+    """default_model_dir(), or a path that does not exist where no default model is installed:
+    for the tests and benchmarks that skip without the real model."""
+    try:
+        return default_model_dir()
+    except FileNotFoundError:
+        return Path(f"{DEFAULT_MODEL_NAME} (not installed)")
+
+
 def default_model_source() -> str:
     """Where the default model comes from, for a run's records: the variable or the package
     (with its version), and the sha256 its weights were checked against."""
