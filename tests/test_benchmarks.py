@@ -67,3 +67,18 @@ def test_bench_padding_needs_data(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_padding.py"), "--data_dir", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode != 0 and f"no CS224N data in {tmp_path}" in out.stderr
+
+
+def test_mfac_step_size_first_update_is_lr_m_over_g(tiny_model, tiny_data, tmp_path):
+    """From an empty buffer, M-FAC's first update is lr * F^{-1} g with F = damp I + g g^T / m, whose norm
+    is lr * m |g| / (m damp + |g|^2): lr * m / |g| to a part in 1e4 at damp 1e-6. It doubles with m."""
+    run("mfac_step_size.py", "--device", "cpu", "--model", str(tiny_model), "--data_dir", str(tiny_data),
+        "--batch_size", "4", "--steps", "1", "--mfac", "4,8", "--json", str(tmp_path / "s.json"))
+    written = json.loads((tmp_path / "s.json").read_text())
+    assert_environment(written["environment"], "mfac_step_size.py")
+    adamw, m4, m8 = written["results"]
+    assert (adamw["optimizer"], m4["m"], m8["m"]) == ("AdamW", 4, 8)
+    for row in (m4, m8):
+        assert abs(float(row["‖Δθ‖ / (lr m / ‖g‖)"]) - 1) < 1e-3, \
+            f"M-FAC's first update should have norm lr * m / |g| (F = damp I + g g^T / m): {row}"
+    assert abs(float(m8["mean ‖Δθ‖"]) / float(m4["mean ‖Δθ‖"]) - 2) < 1e-2, "twice the buffer, twice the step"
