@@ -1,6 +1,7 @@
 """evaluate.py's prediction files, and the reports: CS224N table, multi-seed summary, sweep."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,11 +95,12 @@ def test_seeds_summary_and_optimizer_comparison(tiny_model, tiny_data, tmp_path)
         dirs[optim] = tmp_path / optim
     report.compare_optimizers("mrpc", dirs, tmp_path / "mfac.md", note="tiny test")
     text = (tmp_path / "mfac.md").read_text()
-    assert "81.68 ± 0.33" in text and "82.77 ± 0.22" in text and "M-FAC step time / AdamW step time" in text
+    assert "81.68 ± 0.33" in text and "82.77 ± 0.22" in text and "M-FAC step time / Adam step time" in text
     for optim in ("adam", "mfac"):
         for seed in (1, 2):
             r = json.loads((tmp_path / optim / f"seed-{seed}" / "eval_results.json").read_text())
             assert f"| {optim} | {seed} | {100 * r['eval_f1']:.2f} |" in text  # the per-seed table
+    assert "| adam | 2 | " in text.split("Per seed")[0], "the summary row: label, runs, then the epochs"
     assert "M-FAC - Adam, eval_f1:" in text and "standard error" in text
     report.compare_optimizers("mrpc", dirs, tmp_path / "loaded.md", note="other work shared the machine",
                               timed_alike=False)
@@ -170,3 +172,33 @@ def test_table_says_which_rows_a_new_run_replaced(gse_run, tmp_path):
     report.write_table(gse_run.parent, out)
     report.write_table(gse_run.parent, out)
     assert f"**Replaced by the runs in {gse_run.parent}:** gse." in out.read_text()
+
+
+def fake_run(folder: Path, f1: float, update_ms: float, epochs: float, init_seed=-1, data_seed=-1, seed=1):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"epochs": epochs, "results_from": "final", "seed": seed,
+                                                    "init_seed": init_seed, "data_seed": data_seed}))
+    (folder / "all_results.json").write_text(json.dumps({
+        "eval_f1": f1, "eval_accuracy": f1 - 0.1, "train_runtime": 60.0, "peak_memory_mb": 1024.0,
+        "update_ms": update_ms, "command": "train_multitask.py --task_name mrpc", "model": "all-MiniLM-L6-v2",
+        "device": "cpu", "date": "2026-01-01 00:00 UTC", "commit": "abc1234", "global_step": 10,
+        "steps_per_epoch": 10, "seed": seed}))
+
+
+def test_compare_optimizers_reads_a_grid_folder_and_compares_each_pair(tmp_path):
+    """A grid's runs (runs/<name>/all_results.json) serve as a reference set beside --seeds folders; each
+    (reference, other) pair gets its own difference line and step-time ratio, and the seed column names a
+    grid run's init and data seeds."""
+    for i, (s_init, s_data) in enumerate([(1, 1), (1, 2), (2, 1), (2, 2)]):
+        fake_run(tmp_path / "grid" / "runs" / f"init{s_init}-data{s_data}", 0.80 + 0.01 * i, 100.0, 1,
+                 s_init, s_data)
+    for s in (1, 2, 3):
+        fake_run(tmp_path / "fast" / f"seed-{s}", 0.90 + 0.001 * s, 150.0, 1, seed=s)
+    report.compare_optimizers("mrpc", {"adam 1 epoch": tmp_path / "grid", "mfac big lr": tmp_path / "fast"},
+                              tmp_path / "c.md", pairs=(("adam 1 epoch", "mfac big lr"), ("adam", "mfac")))
+    text = (tmp_path / "c.md").read_text()
+    assert "| adam 1 epoch | 4 | 1 | 81.50 ± 1.29 |" in text, "the grid's four runs: mean ± sample std of F1"
+    assert "mfac big lr step time / adam 1 epoch step time: 1.50x" in text
+    assert "mfac big lr - adam 1 epoch, eval_f1: +8.70 points" in text and "mfac big lr ahead" in text
+    assert "| adam 1 epoch | init 2, data 1 | 82.00 |" in text and "| mfac big lr | 3 | 90.30 |" in text
+    assert "M-FAC - Adam" not in text, "a pair whose labels are absent is left out"

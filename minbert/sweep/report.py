@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from minbert.experiments import PRESETS, Experiment
+from minbert.run.compat import seconds_per_update
 from minbert.sweep.plots import plot_table, table_run
 
 TABLE_METRICS = ("eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson", "eval_overall")
@@ -183,52 +184,83 @@ MFAC_CARDS = {
 }
 
 
-def difference_line(adam: list[dict], mfac: list[dict], key: str = "eval_f1") -> str:
-    """M-FAC's mean minus Adam's, with the standard error of that difference (Welch:
-    se = sqrt(s_a^2 / n_a + s_m^2 / n_m)), so a reader can tell a gap from seed noise."""
+READABLE = {"adam": "Adam", "mfac": "M-FAC"}  # the labels compare_optimizers' lines spell out
+
+
+def difference_line(adam: list[dict], mfac: list[dict], key: str = "eval_f1",
+                    names: tuple[str, str] = ("Adam", "M-FAC")) -> str:
+    """The second set's mean minus the first's (M-FAC - Adam by default), with the standard error
+    of that difference (Welch: se = sqrt(s_a^2 / n_a + s_m^2 / n_m)), so a reader can tell a gap
+    from seed noise."""
     a, m = [100 * r[key] for r in adam], [100 * r[key] for r in mfac]
+    ref, other = names
     if len(a) < 2 or len(m) < 2:
-        return f"M-FAC - Adam, {key}: {statistics.mean(m) - statistics.mean(a):+.2f} (too few seeds for a spread)"
+        return f"{other} - {ref}, {key}: {statistics.mean(m) - statistics.mean(a):+.2f} (too few seeds for a spread)"
     diff = statistics.mean(m) - statistics.mean(a)
     se = (statistics.variance(a) / len(a) + statistics.variance(m) / len(m)) ** 0.5
     verdict = ("within two standard errors: not told apart from seed noise" if abs(diff) < 2 * se
-               else ("M-FAC ahead" if diff > 0 else "Adam ahead") + " by more than two standard errors")
-    return (f"M-FAC - Adam, {key}: {diff:+.2f} points, standard error {se:.2f} "
-            f"({len(m)} and {len(a)} seeds): {verdict}.")
+               else f"{other if diff > 0 else ref} ahead by more than two standard errors")
+    return (f"{other} - {ref}, {key}: {diff:+.2f} points, standard error {se:.2f} "
+            f"({len(m)} and {len(a)} runs): {verdict}.")
+
+
+def read_block(folder: str | Path) -> dict:
+    """A sweep's runs as {"runs", "summary", "step_time_s", "config"}: a --seeds folder's seeds.json,
+    or, for any other sweep (a --grid), the all_results.json of every run under it."""
+    folder = Path(folder)
+    if (folder / "seeds.json").exists():
+        return json.loads((folder / "seeds.json").read_text())
+    runs = read_runs(folder)
+    if not runs:
+        raise FileNotFoundError(f"{folder}: neither seeds.json nor a finished run (all_results.json) under it")
+    return {"runs": runs, "summary": summarize(runs), "config": runs[0]["config"],
+            "step_time_s": statistics.mean(seconds_per_update(r) for r in runs)}
+
+
+def run_label(run: dict) -> str:
+    """The seed column: a --seeds run's seed, a grid run's init/data seeds."""
+    config = run.get("config", {})
+    if config.get("init_seed", -1) >= 0 or config.get("data_seed", -1) >= 0:
+        return f"init {config['init_seed']}, data {config['data_seed']}"
+    return str(run.get("seed", config.get("seed", "—")))
 
 
 def compare_optimizers(task: str, seed_dirs: dict[str, str | Path], out_md: str | Path, note: str = "",
-                       timed_alike: bool = True):
-    """Adam vs M-FAC multi-seed runs (each a folder written by run_seeds) beside the cards.
+                       timed_alike: bool = True, pairs: tuple[tuple[str, str], ...] = (("adam", "mfac"),)):
+    """Multi-seed runs of Adam and M-FAC beside the model cards: seed_dirs maps a label to a --seeds
+    folder or a grid's (read_block); the cards' columns fill the rows labelled adam and mfac. Each
+    pair (reference, other) present gets a difference line, and a step-time ratio when timed_alike.
 
     timed_alike=False: the runs did not share the same load (other work on the machine), so
     their step times are not divided; the note then says where the ratio comes from."""
-    blocks = {name: json.loads((Path(d) / "seeds.json").read_text()) for name, d in seed_dirs.items()}
+    blocks = {name: read_block(d) for name, d in seed_dirs.items()}
     cards = MFAC_CARDS.get(task, {})
     lines = [f"# M-FAC vs Adam on {task.upper()} (dev set)", "", note, "",
-             "| optimizer | runs | F1 | accuracy | card F1 (bert-tiny) | card accuracy (bert-tiny) | time / step | "
-             "wall time / run | peak memory |", "|" + "---|" * 9]
+             "| optimizer | runs | epochs | F1 | accuracy | card F1 (bert-tiny) | card accuracy (bert-tiny) | "
+             "time / step | wall time / run | peak memory |", "|" + "---|" * 10]
     for name, b in blocks.items():
         s, runs = b["summary"], b["runs"]
         f1, acc = s.get("eval_f1", (float("nan"), 0)), s.get("eval_accuracy", (float("nan"), 0))
         card = cards.get(name)
         card_txt = (f"{card[0]:.2f} ± {card[1]:.2f} | {card[2]:.2f} ± {card[3]:.2f}" if card else "— | —")
-        lines.append(f"| {name} | {len(runs)} | {100 * f1[0]:.2f} ± {100 * f1[1]:.2f} | "
-                     f"{100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | {card_txt} | {1000 * b['step_time_s']:.0f} ms | "
+        lines.append(f"| {name} | {len(runs)} | {b['config'].get('epochs', '—'):g} | "
+                     f"{100 * f1[0]:.2f} ± {100 * f1[1]:.2f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
+                     f"{card_txt} | {1000 * b['step_time_s']:.0f} ms | "
                      f"{statistics.mean(r['train_runtime'] for r in runs) / 60:.1f} min | "
                      f"{max(r['peak_memory_mb'] for r in runs) / 1024:.2f} GiB |")
-    if "adam" in blocks and "mfac" in blocks:
-        ratio = blocks["mfac"]["step_time_s"] / blocks["adam"]["step_time_s"]
-        lines += ["", f"M-FAC step time / AdamW step time: {ratio:.2f}x (same machine, same runs as above)."
-                  if timed_alike else "M-FAC step time / AdamW step time: not taken from these runs, which ran "
-                  "under different loads (see the note above)."]
-        lines += ["", difference_line(blocks["adam"]["runs"], blocks["mfac"]["runs"])]
+    for ref, other in [(a, b) for a, b in pairs if a in blocks and b in blocks]:
+        names = (READABLE.get(ref, ref), READABLE.get(other, other))
+        ratio = blocks[other]["step_time_s"] / blocks[ref]["step_time_s"]
+        lines += ["", f"{names[1]} step time / {names[0]} step time: {ratio:.2f}x (same machine, same runs as "
+                  "above)." if timed_alike else f"{names[1]} step time / {names[0]} step time: not taken from "
+                  "these runs, which ran under different loads (see the note above)."]
+        lines += ["", difference_line(blocks[ref]["runs"], blocks[other]["runs"], names=names)]
     lines += ["", "Per seed (dev set; best: the best of the run's evaluations):", "",
               "| optimizer | seed | F1 | accuracy | best F1 | best accuracy | steps |", "|" + "---|" * 7]
     for name, b in blocks.items():
         for r in b["runs"]:
             pct = lambda k: "—" if r.get(k) is None else f"{100 * r[k]:.2f}"  # noqa: E731
-            lines.append(f"| {name} | {r['seed']} | {pct('eval_f1')} | {pct('eval_accuracy')} | "
+            lines.append(f"| {name} | {run_label(r)} | {pct('eval_f1')} | {pct('eval_accuracy')} | "
                          f"{pct('best_eval_f1')} | {pct('best_eval_accuracy')} | {r.get('global_step', '—')} |")
     which = {b["config"].get("results_from", "best") for b in blocks.values()}
     lines += ["", "Scores: " + ("the final model's dev scores (the eval_* keys, as run_glue's --do_eval reports them)"
@@ -236,13 +268,12 @@ def compare_optimizers(task: str, seed_dirs: dict[str, str | Path], out_md: str 
                                 else f"mixed ({', '.join(sorted(which))}): compare with care")]
     lines += ["", "time / step: the mean time of one update (`update_ms` in all_results.json) where the run "
               "recorded it, else the run's wall time over its steps, evaluation included."]
-    first = next(iter(blocks.values()))["runs"][0]
     lines += ["", "## Runs", ""]
     for name, b in blocks.items():
         r = b["runs"][0]
-        lines.append(f"- {name}: `{r['command']}` — seeds {[x['seed'] for x in b['runs']]}, model "
-                     f"{Path(r['model']).name}, device {r['device']}, {r['date']}, commit {r.get('commit')}")
-    lines.append(f"- config of the first: {json.dumps({k: first.get(k) for k in ('epochs', 'steps_per_epoch')})}")
+        lines.append(f"- {name}: `{r['command']}` — {len(b['runs'])} runs, model "
+                     f"{Path(r['model']).name}, device {r['device']}, {r['date']}, commit {r.get('commit')}; "
+                     f"{b['config'].get('epochs'):g} epochs of {r.get('steps_per_epoch', '—')} steps")
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
     Path(out_md).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
