@@ -105,7 +105,7 @@ def test_seeds_summary_and_optimizer_comparison(tiny_model, tiny_data, tmp_path)
     report.compare_optimizers("mrpc", dirs, tmp_path / "loaded.md", note="other work shared the machine",
                               timed_alike=False)
     loaded = (tmp_path / "loaded.md").read_text()
-    assert "not taken from these runs" in loaded and "x (same machine, same runs" not in loaded
+    assert "not the ratio of the column above" in loaded and "x (same machine, same runs" not in loaded
 
 
 def test_difference_line_tells_a_gap_from_seed_noise():

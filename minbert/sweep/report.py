@@ -252,8 +252,8 @@ def compare_optimizers(task: str, seed_dirs: dict[str, str | Path], out_md: str 
         names = (READABLE.get(ref, ref), READABLE.get(other, other))
         ratio = blocks[other]["step_time_s"] / blocks[ref]["step_time_s"]
         lines += ["", f"{names[1]} step time / {names[0]} step time: {ratio:.2f}x (same machine, same runs as "
-                  "above)." if timed_alike else f"{names[1]} step time / {names[0]} step time: not taken from "
-                  "these runs, which ran under different loads (see the note above)."]
+                  "above)." if timed_alike else f"{names[1]} step time / {names[0]} step time: not the ratio of the "
+                  "column above, whose runs did not all share one load (the note above says which did)."]
         lines += ["", difference_line(blocks[ref]["runs"], blocks[other]["runs"], names=names)]
     lines += ["", "Per seed (dev set; best: the best of the run's evaluations):", "",
               "| optimizer | seed | F1 | accuracy | best F1 | best accuracy | steps |", "|" + "---|" * 7]
