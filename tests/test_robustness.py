@@ -237,7 +237,8 @@ def test_killed_run_resumes_to_the_same_model(tiny_model, tiny_data, tmp_path, c
     # 1. on a slow disk: killed with half of checkpoint-4's state.pt written
     (tmp_path / "slow_disk.py").write_text(SLOW_DISK)
     proc = start([sys.executable, str(tmp_path / "slow_disk.py"), *argv[1:]], logs[0])
-    wait_for((out / ".tmp-checkpoint-4" / "state.pt").exists, proc, logs[0])
+    half_written = out / ".tmp-checkpoint-4" / "state.pt"  # open() creates it empty: wait for the first half
+    wait_for(lambda: half_written.exists() and half_written.stat().st_size > 0, proc, logs[0])
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
