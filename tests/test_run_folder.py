@@ -16,7 +16,7 @@ import evaluate
 import minbert.run.build
 import train_multitask
 from conftest import tiny_experiment
-from minbert.run.folder import MODEL_RECORD, RunFolderError
+from minbert.run.folder import MODEL_RECORD, RunFolderError, remove_partial
 from minbert.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -276,3 +276,15 @@ def test_a_smart_run_from_before_the_readings_is_not_resumed_with_another_ascent
     (tmp_path / "config.json").write_text(json.dumps(old))
     differ = config_differences(tmp_path, exp)
     assert differ == ["smart_reading: the old form (Algorithm 1 without its projection, removed) -> 'library'"], differ
+
+
+def test_remove_partial_clears_a_cut_off_save_best(tmp_path):
+    """A kill while best/ is written leaves save_best's .model.safetensors.tmp or safetensors' own
+    .tmpXXXXXX; remove_partial (run before resuming) deletes them and keeps the whole files."""
+    (tmp_path / "best").mkdir()
+    (tmp_path / ".tmp-checkpoint-4").mkdir()
+    for name in ("best/.tmpTef2Ab", "best/.model.safetensors.tmp", "best/model.safetensors"):
+        (tmp_path / name).write_bytes(b"x")
+    remove_partial(tmp_path)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["best", "best/model.safetensors"], f"remove_partial left {left}"

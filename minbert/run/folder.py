@@ -139,9 +139,12 @@ def record_model(out: Path, exp: Experiment):
 
 
 def remove_partial(out: Path):
-    """Rank 0, before resuming: a checkpoint write that was cut off is never read."""
+    """Rank 0, before resuming: a checkpoint write that was cut off is never read, and a cut-off
+    write of best/ (save_best's temporary file, or safetensors' own .tmpXXXXXX) is removed."""
     for stale in out.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*out.glob("best/.tmp*"), *out.glob("best/.*.tmp")]:
+        stale.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- checkpoints
